@@ -1,0 +1,78 @@
+"""All-or-nothing output directories: build in a temporary sibling, rename into place at the end.
+
+``with atomic_directory(out, overwrite) as tmp:`` yields ``out.tmp-<pid>-<random>`` (a fresh empty
+directory next to ``out``). When the block finishes, ``tmp`` becomes ``out``; when it raises,
+``tmp`` is removed and ``out`` is untouched. With ``overwrite`` an existing ``out`` is replaced
+only once the new content is complete (old renamed aside, new renamed in, old deleted).
+Local filesystem paths only: the renames rely on POSIX same-directory rename semantics.
+"""
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from gpu_vgm.errors import OutputError
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f"{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def check_output(path, overwrite: bool = False) -> Path:
+    """Raise OutputError unless ``path`` can be created (or replaced, with ``overwrite``)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise OutputError(f"{path} exists; pass --overwrite to replace it")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: parent directory {parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite: bool = False):
+    """Yield a temporary sibling directory that replaces ``path`` when the block succeeds."""
+    path = check_output(path, overwrite)
+    tmp = _sibling(path, "tmp")
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: cannot create {tmp}: {exc.strerror}") from exc
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    try:
+        if path.exists() or path.is_symlink():
+            if not overwrite:  # appeared while we were working
+                raise OutputError(f"{path} exists; pass --overwrite to replace it")
+            old = _sibling(path, "old")
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            _remove(old)
+        else:
+            os.rename(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise OutputError(f"cannot move the finished output into {path}: {exc.strerror}") from exc
+    except BaseException:
+        _remove(tmp)
+        raise

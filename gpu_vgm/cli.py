@@ -1,0 +1,52 @@
+"""What every command shares: logging setup and the one-line-error wrapper (csvkit style).
+
+Each command module has ``build_parser()`` and ``main(argv=None) -> int`` so tests run it in
+process; ``python -m gpu_vgm.<command>`` calls ``run_main``.
+"""
+
+import logging
+import sys
+
+from gpu_vgm.errors import VGMError
+
+log = logging.getLogger("gpu_vgm")
+
+
+def add_verbosity(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quiet", "-q", action="store_true", help="only errors (e.g. --quiet)")
+    group.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging and full tracebacks on errors (e.g. --verbose)",
+    )
+
+
+def setup_logging(args):
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gpu_vgm: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def guarded(body, args, prog):
+    """Run body(args) -> int; a VGMError or a bad OS path becomes one line and an exit code."""
+    try:
+        return body(args)
+    except VGMError as exc:
+        if getattr(args, "verbose", False):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written to the output", file=sys.stderr)
+        return 130
+
+
+def run_main(main):
+    sys.exit(main())

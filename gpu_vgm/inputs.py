@@ -1,0 +1,223 @@
+"""Input discovery from Parquet metadata alone: files, row counts, row groups, column ranges.
+
+Everything here reads footers only (no data pages), so planning a billion-row job costs
+milliseconds per file. Rows are numbered globally: files in sorted order, rows in file order;
+that numbering keys sample-mode draws, so it must never depend on how work is split.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpu_vgm.errors import InputError, shorten
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    row_offset: int
+    num_rows: int
+    row_group_rows: tuple  # rows per row group
+    row_group_bytes: tuple  # uncompressed bytes per row group
+    schema: pa.Schema = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A contiguous run of row groups of one file: the unit of work and of output files."""
+
+    index: int
+    path: str
+    row_groups: tuple
+    row_offset: int
+    num_rows: int
+
+
+def open_fs(url):
+    """(filesystem, path) for a local path or an fsspec URL (s3://..., memory://...)."""
+    try:
+        return fsspec.core.url_to_fs(str(url))
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{url}: cannot open this location ({exc})") from None
+
+
+def list_parquet_files(url):
+    """Sorted Parquet files of a file, directory (recursively) or glob."""
+    fs, path = open_fs(url)
+    if any(ch in path for ch in "*?["):
+        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif fs.isdir(path):
+        found = sorted(
+            p
+            for p in fs.find(path)
+            if p.endswith((".parquet", ".parq", ".pq")) and not _hidden(p, path)
+        )
+    elif fs.isfile(path):
+        found = [path]
+    else:
+        raise InputError(f"{url}: no such file or directory")
+    if not found:
+        raise InputError(f"{url}: no Parquet files found (expected *.parquet)")
+    return fs, found
+
+
+def _hidden(p, root):
+    rel = p[len(root.rstrip("/")) + 1 :]
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def read_metadata(fs, paths):
+    """InputFile for each path, with global row offsets; a corrupt footer names its file."""
+    files = []
+    offset = 0
+    for path in paths:
+        try:
+            with fs.open(path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+                schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        rg_bytes = tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        files.append(InputFile(path, offset, meta.num_rows, rg_rows, rg_bytes, schema))
+        offset += meta.num_rows
+    return files
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def is_encodable_type(t):
+    return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)
+
+
+def select_columns(files, requested):
+    """The columns to encode: as requested (checked in every file) or every float column."""
+    if requested:
+        columns = list(dict.fromkeys(requested))
+    else:
+        first = files[0].schema
+        columns = [f.name for f in first if pa.types.is_floating(f.type)]
+        if not columns:
+            raise InputError(
+                f"{files[0].path}: no floating-point columns to encode; name some with --columns"
+            )
+    for f in files:
+        names = set(f.schema.names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InputError(
+                f"{f.path}: column {missing[0]!r} not found (has {shorten(f.schema.names)})"
+            )
+        for c in columns:
+            t = f.schema.field(c).type
+            if not is_encodable_type(t):
+                raise InputError(f"{f.path}: column {c!r} is {t}, expected a numeric column")
+    return columns
+
+
+def column_ranges(fs, files, columns):
+    """{column: (lo, hi) or None} from row-group statistics; None where any are missing."""
+    ranges = {c: [np.inf, -np.inf] for c in columns}
+    complete = dict.fromkeys(columns, True)
+    for f in files:
+        with fs.open(f.path, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            if group.num_rows == 0:
+                continue
+            for c in columns:
+                stats = group.column(index[c]).statistics
+                if stats is None or not stats.has_min_max:
+                    if stats is not None and stats.null_count == group.num_rows:
+                        continue  # all null: nothing to cover
+                    complete[c] = False
+                    continue
+                lo, hi = _as_float(stats.min), _as_float(stats.max)
+                if np.isinf(lo) or np.isinf(hi):
+                    raise InputError(f"{f.path}: column {c!r} holds infinite values")
+                r = ranges[c]
+                r[0], r[1] = min(r[0], lo), max(r[1], hi)
+    return {
+        c: (tuple(ranges[c]) if complete[c] and ranges[c][0] <= ranges[c][1] else None)
+        for c in columns
+    }
+
+
+def _as_float(v):
+    return float(v)  # Decimal, int and float statistics alike
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text):
+    """'4M' -> ('rows', 4_000_000); '256MiB' / '128MB' -> ('bytes', n)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise InputError(f"--partition-size {text!r}: expected rows like 4M or bytes like 256MiB")
+    number, prefix, unit = float(m.group(1)), m.group(2).lower(), (m.group(3) or "").lower()
+    power = "kmgt".index(prefix) + 1 if prefix else 0
+    if unit:
+        value, kind = number * (1024 if unit == "ib" else 1000) ** power, "bytes"
+    else:
+        value, kind = number * 1000**power, "rows"
+    if value < 1:
+        raise InputError(f"--partition-size {text!r} must be positive")
+    return kind, int(value)
+
+
+def plan_partitions(files, size):
+    """Split files into partitions of whole row groups, each up to ``size`` (rows or bytes)."""
+    kind, limit = size
+    parts = []
+    for f in files:
+        if f.num_rows == 0:
+            continue
+        groups, rows, weight, offset = [], 0, 0, f.row_offset
+        for rg, (n, nbytes) in enumerate(zip(f.row_group_rows, f.row_group_bytes, strict=True)):
+            w = n if kind == "rows" else nbytes
+            if groups and weight + w > limit:
+                parts.append(Partition(len(parts), f.path, tuple(groups), offset, rows))
+                offset += rows
+                groups, rows, weight = [], 0, 0
+            if n:
+                groups.append(rg)
+                rows += n
+                weight += w
+        if groups:
+            parts.append(Partition(len(parts), f.path, tuple(groups), offset, rows))
+    return parts
+
+
+def sample_plan(files, sample_size, seed, max_groups=64):
+    """[(path, row_group, n_rows_to_draw)]: which row groups to read for the fit sample.
+
+    Up to ``max_groups`` row groups, drawn from all files with probability proportional to
+    their rows, then rows drawn uniformly inside them in proportion to size: every row is
+    about equally likely, while a billion-row input needs only a few row groups read.
+    """
+    groups = [(f.path, i, n) for f in files for i, n in enumerate(f.row_group_rows) if n]
+    if not groups or sample_size <= 0:
+        return []
+    rng = np.random.default_rng([seed, 0x5A3F])
+    rows = np.array([g[2] for g in groups], dtype=np.float64)
+    if len(groups) > max_groups:
+        chosen = np.sort(
+            rng.choice(len(groups), size=max_groups, replace=False, p=rows / rows.sum())
+        )
+    else:
+        chosen = np.arange(len(groups))
+    sizes = rows[chosen]
+    total = int(sizes.sum())
+    take = min(sample_size, total)
+    counts = rng.multivariate_hypergeometric(sizes.astype(np.int64), take)
+    return [(groups[i][0], groups[i][1], int(k)) for i, k in zip(chosen, counts, strict=True) if k]

@@ -1,0 +1,42 @@
+"""The kernel parameter struct: the only thing both backends' kernels read from a model."""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Candidates are components with |z| <= 0.99. Kernels test |x - m| <= RADIUS_FACTOR * 4s, a
+# hair inside 0.99 * 4s, so the z they then compute by division is never above 0.99.
+Z_LIMIT = 0.99
+RADIUS_FACTOR = Z_LIMIT * (1.0 - 2.0**-40)
+
+
+class KernelParams(NamedTuple):
+    """Arrays for one column (float64 unless noted); identical for the CPU and GPU kernels.
+
+    ``m, four_s, half_p, c, radius, ids`` describe the active components in id order;
+    ``m_all, four_s_all`` are indexed by component id for decoding; special value ``j`` has
+    id ``special_base + j``; ``digits`` is the learned rounding (-1: none).
+    """
+
+    m: np.ndarray
+    four_s: np.ndarray
+    half_p: np.ndarray
+    c: np.ndarray
+    radius: np.ndarray
+    ids: np.ndarray  # int16
+    m_all: np.ndarray
+    four_s_all: np.ndarray
+    special: np.ndarray
+    special_base: int
+    digits: int
+
+    @property
+    def n_ids(self) -> int:
+        """Number of valid component ids (mixture, synthetic and special)."""
+        return self.special_base + len(self.special)
+
+
+def round_to(values, digits: int):
+    """Round to ``digits`` decimals exactly as the kernels do: rint(v * 10**d) / 10**d."""
+    scale = 10.0**digits
+    return np.rint(values * scale) / scale

@@ -1,0 +1,308 @@
+"""The encode and decode jobs on a Dask cluster (DESIGN.md "Pipeline").
+
+plan (footers only) -> sample uniformly from all files -> fit one mixture per column ->
+one task per partition (read, encode, write a part) into a temporary directory that is renamed
+into place only when every part, the model and the manifest are written.
+"""
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpu_vgm import inputs, schema, tasks
+from gpu_vgm.atomic import atomic_directory, check_output
+from gpu_vgm.errors import InputError
+from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
+from gpu_vgm.modelfile import load_models, save_models
+
+log = logging.getLogger("gpu_vgm")
+MANIFEST = "_manifest.json"
+MODEL = "_model.json"
+MANIFEST_FORMAT = "gpu_vgm.manifest"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class EncodeOptions:
+    input: str
+    output: str
+    columns: list = field(default_factory=list)
+    mode: str | None = None  # None: "argmax", or the loaded model's
+    seed: int | None = None  # None: 42, or the loaded model's
+    dtype: str | None = None  # None: "float64", or the loaded model's
+    n_components: int = 10
+    sample_size: int = 100_000
+    eps: float = 0.005
+    max_iter: int = 100
+    special_values: tuple = ()
+    learn_rounding: bool = False
+    model_in: str | None = None
+    model_out: str | None = None
+    partition_size: str = "2M"
+    overwrite: bool = False
+
+
+def _versions():
+    import dask
+    import numba
+    import pyarrow
+    import sklearn
+
+    from gpu_vgm import __version__
+
+    return {
+        "gpu_vgm": __version__,
+        "python": platform.python_version(),
+        "dask": dask.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numba": numba.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def plan_encode(opts):
+    """Files, columns and partitions of an encode job, from footers alone."""
+    fs, paths = inputs.list_parquet_files(opts.input)
+    files = inputs.read_metadata(fs, paths)
+    columns = inputs.select_columns(files, opts.columns)
+    for f in files:
+        schema.check_no_clash(f.schema, columns, f.path)
+    parts = inputs.plan_partitions(files, inputs.parse_size(opts.partition_size))
+    return fs, files, columns, parts
+
+
+def fit_models(client, fs, files, columns, parts, opts):
+    """One ScaleVGM per column, fitted on a sample drawn uniformly from every file."""
+    seed = 42 if opts.seed is None else opts.seed
+    ranges = inputs.column_ranges(fs, files, columns)
+    missing = [c for c in columns if ranges[c] is None]
+    if missing and parts:
+        log.info("no Parquet statistics for %s: one pass for the value range", ", ".join(missing))
+        for result in client.gather(
+            client.map(
+                tasks.column_min_max, [fs] * len(parts), parts, [missing] * len(parts), pure=False
+            )
+        ):
+            for c, r in result.items():
+                if r is not None:
+                    lo, hi = ranges[c] or r
+                    ranges[c] = (min(lo, r[0]), max(hi, r[1]))
+    plan = inputs.sample_plan(files, opts.sample_size, seed)
+    futures = [
+        client.submit(tasks.read_sample, fs, path, rg, n, columns, seed, i, pure=False)
+        for i, (path, rg, n) in enumerate(plan)
+    ]
+    pieces = client.gather(futures)
+    models = {}
+    fit_futures = {}
+    for c in columns:
+        sample = np.concatenate([p[c] for p in pieces]) if pieces else np.zeros(0)
+        model = ScaleVGM(
+            n_components=opts.n_components,
+            random_state=seed,
+            eps=opts.eps,
+            mode=opts.mode or "argmax",
+            column=c,
+            max_iter=opts.max_iter,
+            special_values=tuple(opts.special_values),
+            learn_rounding=opts.learn_rounding,
+            dtype=opts.dtype or "float64",
+        )
+        fit_futures[c] = client.submit(tasks.fit_column, model, sample, ranges[c], pure=False)
+    for c in columns:
+        models[c] = fit_futures[c].result()
+        log.info(
+            "fitted %s: %d active components (%s), sample of %d rows",
+            c,
+            int(models[c].active_.sum()),
+            _origin_summary(models[c]),
+            models[c].sample_size_,
+        )
+    return models
+
+
+def _origin_summary(model):
+    kinds = [o for o, a in zip(model.origin_, model.active_, strict=True) if a]
+    return ", ".join(
+        f"{kinds.count(k)} {k}" for k in ("mixture", "reactivated", "synthetic") if kinds.count(k)
+    )
+
+
+def load_for_encode(opts, columns):
+    models = load_models(opts.model_in)
+    missing = [c for c in columns if c not in models]
+    if missing:
+        raise InputError(f"{opts.model_in}: no model for column {missing[0]!r}")
+    chosen = {}
+    for c in columns:
+        m = models[c]
+        if opts.mode is not None:
+            m.mode = opts.mode
+        if opts.dtype is not None:
+            m.dtype = opts.dtype
+        if opts.seed is not None and opts.seed != m.random_state:
+            m.random_state = opts.seed
+            m._build_kernel_params()  # the sample-mode key depends on the seed
+        chosen[c] = m
+    return chosen
+
+
+def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None):
+    """Run the whole encode job; returns the manifest (also written to the output)."""
+    t_start = time.perf_counter()
+    check_output(opts.output, opts.overwrite)
+    fs, files, columns, parts = plan_encode(opts)
+    total_rows = sum(f.num_rows for f in files)
+    log.info(
+        "%d files, %d rows, %d partitions; encoding %s",
+        len(files),
+        total_rows,
+        len(parts),
+        ", ".join(columns),
+    )
+    models = (
+        load_for_encode(opts, columns)
+        if opts.model_in
+        else fit_models(client, fs, files, columns, parts, opts)
+    )
+    t_fit = time.perf_counter()
+    if opts.model_out:
+        save_models(opts.model_out, list(models.values()))
+    extra = {} if column_encoder is None else {"column_encoder": column_encoder}
+    with atomic_directory(opts.output, opts.overwrite) as tmp:
+        [shared] = client.scatter([models], broadcast=True)
+        futures = [
+            client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
+            for part in parts
+        ]
+        results = _gather_in_order(client, futures, progress, "encoding")
+        t_encode = time.perf_counter()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "input": [{"path": f.path, "rows": f.num_rows} for f in files],
+            "rows": total_rows,
+            "columns": {
+                c: {
+                    "type": str(files[0].schema.field(c).type),
+                    "out_of_coverage": sum(r["out_of_coverage"][c] for r in results),
+                }
+                for c in columns
+            },
+            "parts": [
+                {
+                    k: r[k]
+                    for k in (
+                        "file",
+                        "rows",
+                        "row_offset",
+                        "source",
+                        "row_groups",
+                        "out_of_coverage",
+                    )
+                }
+                for r in results
+            ],
+            "backend": backend,
+            "mode": next(iter(models.values())).mode,
+            "seed": next(iter(models.values())).random_state,
+            "dtype": next(iter(models.values())).dtype,
+            "workers": len(client.scheduler_info()["workers"]),
+            "versions": _versions(),
+            "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
+        }
+        save_models(f"{tmp}/{MODEL}", list(models.values()))
+        write_json_atomic(f"{tmp}/{MANIFEST}", manifest)
+    manifest["timings"]["total"] = time.perf_counter() - t_start
+    return manifest
+
+
+def _gather_in_order(client, futures, progress, what):
+    """Results in submission order; on the first error cancel the rest and raise it."""
+    from distributed import as_completed
+
+    results = [None] * len(futures)
+    position = {f.key: i for i, f in enumerate(futures)}
+    bar = progress(total=len(futures), desc=what) if progress else None
+    try:
+        for fut in as_completed(futures):
+            results[position[fut.key]] = fut.result()
+            if bar:
+                bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        if bar:
+            bar.close()
+    return results
+
+
+def read_manifest(directory):
+    data = read_json(f"{directory}/{MANIFEST}")
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{directory}/{MANIFEST}: not a gpu_vgm manifest")
+    if data.get("version", 0) > MANIFEST_VERSION:
+        raise InputError(f"{directory}/{MANIFEST}: written by a newer gpu_vgm; upgrade gpu_vgm")
+    return data
+
+
+def decode_job(client, input_dir, output, model_path=None, overwrite=False, progress=None):
+    """Restore the original columns, names, types and row order from an encoded directory."""
+    t0 = time.perf_counter()
+    check_output(output, overwrite)
+    fs, root = inputs.open_fs(input_dir)
+    if not fs.isdir(root):
+        raise InputError(f"{input_dir}: no such directory")
+    manifest = read_manifest(input_dir)
+    models = load_models(model_path or f"{input_dir}/{MODEL}")
+    columns = list(manifest["columns"])
+    missing = [c for c in columns if c not in models]
+    if missing:
+        raise InputError(f"{model_path or MODEL}: no model for column {missing[0]!r}")
+    models = {c: models[c] for c in columns}
+    types = {c: schema.type_from_string(manifest["columns"][c]["type"]) for c in columns}
+    parts = [p["file"] for p in manifest["parts"]]
+    for name in parts:
+        if not fs.isfile(f"{root}/{name}"):
+            raise InputError(f"{input_dir}: {name} is listed in the manifest but missing")
+    with atomic_directory(output, overwrite) as tmp:
+        [shared] = client.scatter([models], broadcast=True)
+        futures = [
+            client.submit(
+                tasks.decode_part, fs, f"{root}/{name}", i, shared, types, str(tmp), pure=False
+            )
+            for i, name in enumerate(parts)
+        ]
+        results = _gather_in_order(client, futures, progress, "decoding")
+        rows = sum(r["rows"] for r in results)
+        if rows != manifest["rows"]:
+            raise InputError(
+                f"{input_dir}: decoded {rows} rows, the manifest says {manifest['rows']}"
+            )
+        write_json_atomic(
+            f"{tmp}/{MANIFEST}",
+            {
+                "format": "gpu_vgm.decoded",
+                "version": 1,
+                "source": str(input_dir),
+                "rows": rows,
+                "columns": columns,
+                "versions": _versions(),
+            },
+        )
+    return {"rows": rows, "parts": len(parts), "seconds": time.perf_counter() - t0}
+
+
+def progress_factory(quiet):
+    """A tqdm bar on a terminal, nothing otherwise (logs carry the summary)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return lambda total, desc: tqdm(total=total, desc=desc, unit="part", file=sys.stderr)

@@ -1,0 +1,209 @@
+"""``python -m gpu_vgm.run``: encode every row of the chosen columns of a Parquet dataset.
+
+Example:
+    python -m gpu_vgm.run --input data/scaled_data_1b/ --output data/transformed_data_1b/ --gpus 1
+"""
+
+import argparse
+import logging
+import os
+
+from gpu_vgm import cli
+from gpu_vgm.backends import choose_backend
+from gpu_vgm.errors import InputError
+
+log = logging.getLogger("gpu_vgm")
+
+
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,-1, got {text!r}") from None
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m gpu_vgm.run",
+        description="Encode continuous columns with lossless mode-specific normalization.",
+    )
+    p.add_argument(
+        "--input",
+        default="data/scaled_data_1b/",
+        help="Parquet file, directory, glob or fsspec URL (e.g. --input data/in/)",
+    )
+    p.add_argument(
+        "--output",
+        default="data/transformed_data_1b/",
+        help="output directory, created atomically (e.g. --output data/out/)",
+    )
+    p.add_argument(
+        "--columns",
+        type=lambda s: [c for c in s.split(",") if c],
+        default=[],
+        help="columns to encode (default: every float column; e.g. --columns Amount)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="auto: GPU when usable, else CPU, saying why (e.g. --backend cpu)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=_int_at_least(1),
+        default=1,
+        help="GPUs for the LocalCUDACluster (e.g. --gpus 2)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_int_at_least(1),
+        default=None,
+        help="CPU worker processes (default: one per core; e.g. --workers 2)",
+    )
+    p.add_argument(
+        "--scheduler-address",
+        default=None,
+        help="join an existing Dask cluster (e.g. --scheduler-address tcp://host:8786)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("argmax", "sample"),
+        default=None,
+        help="component choice (default argmax; e.g. --mode sample)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=None,
+        help="seed of the fit sample, the fit and sample-mode draws (default 42)",
+    )
+    p.add_argument(
+        "--n-components",
+        type=_int_at_least(1),
+        default=10,
+        help="mixture components per column (e.g. --n-components 10)",
+    )
+    p.add_argument(
+        "--sample-size",
+        type=_int_at_least(1),
+        default=100_000,
+        help="rows drawn from all files for the fit (e.g. --sample-size 200000)",
+    )
+    p.add_argument(
+        "--special-values",
+        type=_floats,
+        default=(),
+        help="values with their own component, decoded exactly (e.g. --special-values 0)",
+    )
+    p.add_argument(
+        "--learn-rounding",
+        action="store_true",
+        help="learn decimals from the sample and round at decode (bit-exact cents)",
+    )
+    p.add_argument(
+        "--model-in",
+        default=None,
+        help="use this model instead of fitting (e.g. --model-in model.json)",
+    )
+    p.add_argument(
+        "--model-out",
+        default=None,
+        help="also save the fitted model here (e.g. --model-out model.json)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default=None,
+        help="dtype of <col>_normalized (default float64; e.g. --dtype float32)",
+    )
+    p.add_argument(
+        "--partition-size",
+        default="2M",
+        help="rows (4M) or bytes (256MiB) per task and output part (e.g. 2M)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output directory once the new one is complete",
+    )
+    cli.add_verbosity(p)
+    return p
+
+
+def options_from_args(args):
+    from gpu_vgm.pipeline import EncodeOptions
+
+    return EncodeOptions(
+        input=args.input,
+        output=args.output,
+        columns=args.columns,
+        mode=args.mode,
+        seed=args.seed,
+        dtype=args.dtype,
+        n_components=args.n_components,
+        sample_size=args.sample_size,
+        special_values=args.special_values,
+        learn_rounding=args.learn_rounding,
+        model_in=args.model_in,
+        model_out=args.model_out,
+        partition_size=args.partition_size,
+        overwrite=args.overwrite,
+    )
+
+
+def _run(args):
+    from gpu_vgm.cluster import dask_client
+    from gpu_vgm.pipeline import encode_job, progress_factory
+
+    opts = options_from_args(args)
+    if os.path.abspath(opts.output) == os.path.abspath(opts.input):
+        raise InputError(f"--output {opts.output} is the input; choose another directory")
+    backend = (
+        "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
+    )
+    with dask_client(
+        backend, workers=args.workers, gpus=args.gpus, scheduler_address=args.scheduler_address
+    ) as client:
+        manifest = encode_job(client, opts, backend=backend, progress=progress_factory(args.quiet))
+    total = manifest["timings"]["total"]
+    ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
+    log.info(
+        "encoded %d rows in %.1f s (%.2f M rows/s, %s backend, %d workers); "
+        "%d rows out of coverage; output: %s",
+        manifest["rows"],
+        total,
+        manifest["rows"] / max(total, 1e-9) / 1e6,
+        backend,
+        manifest["workers"],
+        ooc,
+        opts.output,
+    )
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cli.setup_logging(args)
+    return cli.guarded(_run, args, "gpu_vgm.run")
+
+
+def console_main():
+    cli.run_main(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,119 @@
+"""The output schema, in one place: names, types and how columns move between Arrow and NumPy.
+
+An encoded file holds the input columns, then for each encoded column ``<col>_normalized``
+(float64, or float32 with --dtype float32) and ``<col>_component`` (int16, -1 = missing).
+No dots in names: Spark and SQL users would have to quote them.
+"""
+
+import decimal
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpu_vgm.errors import InputError
+
+COMPONENT_TYPE = pa.int16()
+
+
+def normalized_name(column):
+    return f"{column}_normalized"
+
+
+def component_name(column):
+    return f"{column}_component"
+
+
+def normalized_type(dtype):
+    return pa.float32() if dtype == "float32" else pa.float64()
+
+
+def derived_fields(columns, dtype):
+    """The fields appended after the input columns, in order."""
+    fields = []
+    for c in columns:
+        fields.append(pa.field(normalized_name(c), normalized_type(dtype), nullable=False))
+        fields.append(pa.field(component_name(c), COMPONENT_TYPE, nullable=False))
+    return fields
+
+
+def output_schema(input_schema, columns, dtype):
+    return pa.schema(list(input_schema) + derived_fields(columns, dtype))
+
+
+def check_no_clash(input_schema, columns, source):
+    names = set(input_schema.names)
+    for f in derived_fields(columns, "float64"):
+        if f.name in names:
+            raise InputError(f"{source}: column {f.name!r} already exists; rename it first")
+
+
+def to_float64(array, column, source):
+    """An Arrow column as a float64 NumPy array; nulls become NaN."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    t = array.type
+    if pa.types.is_dictionary(t):
+        array = array.dictionary_decode()
+        t = array.type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
+        raise InputError(f"{source}: column {column!r} is {t}, expected a numeric column")
+    if t != pa.float64():
+        array = pc.cast(array, pa.float64(), safe=False)
+    if array.null_count:
+        array = pc.fill_null(array, np.nan)
+    return array.to_numpy(zero_copy_only=False)
+
+
+def encoded_columns(z, component):
+    """Arrow arrays for one encoded column (NaN stays NaN: from_pandas semantics are off)."""
+    return pa.array(z), pa.array(component, type=COMPONENT_TYPE)
+
+
+def restore(values, original_type):
+    """Decoded float64 values as an Arrow array of the column's original type.
+
+    Integers and decimals are rounded first (their decoding error is far below 0.5 units);
+    NaN becomes null for types that have no NaN.
+    """
+    t = original_type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    missing = np.isnan(values)
+    if pa.types.is_float64(t):
+        return pa.array(values, type=pa.float64())
+    if pa.types.is_floating(t):
+        return pa.array(values.astype(t.to_pandas_dtype()), type=t)
+    if pa.types.is_integer(t):
+        ints = np.rint(np.where(missing, 0, values)).astype(t.to_pandas_dtype())
+        return pa.array(ints, type=t, mask=missing if missing.any() else None)
+    if pa.types.is_decimal(t):
+        quant = decimal.Decimal(1).scaleb(-t.scale)
+        py = [
+            None if m else decimal.Decimal(repr(float(v))).quantize(quant)
+            for v, m in zip(values, missing, strict=True)
+        ]
+        return pa.array(py, type=t)
+    raise InputError(f"cannot restore a column of type {t}")
+
+
+_TYPE_NAMES = {
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "halffloat": pa.float16(),
+    **{f"int{b}": getattr(pa, f"int{b}")() for b in (8, 16, 32, 64)},
+    **{f"uint{b}": getattr(pa, f"uint{b}")() for b in (8, 16, 32, 64)},
+}
+_DECIMAL = re.compile(r"^decimal(128|256)\((\d+), (\d+)\)$")
+
+
+def type_from_string(text):
+    """Inverse of ``str(pa_type)`` for the numeric types the manifest records."""
+    if text in _TYPE_NAMES:
+        return _TYPE_NAMES[text]
+    m = _DECIMAL.match(text)
+    if m:
+        make = pa.decimal128 if m.group(1) == "128" else pa.decimal256
+        return make(int(m.group(2)), int(m.group(3)))
+    raise InputError(f"unsupported column type {text!r} in the manifest")

@@ -1,0 +1,155 @@
+"""Functions that run on Dask workers: read a partition, encode or decode it, write one part.
+
+Each task reads, transforms and writes in one go, so no partition's data ever travels through
+the scheduler or the client, and memory per worker is one partition whatever the input size.
+"""
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpu_vgm import schema
+from gpu_vgm.errors import InputError, VGMError
+
+PART_NAME = "part-{:05d}.parquet"
+
+
+def read_row_groups(fs, path, row_groups, columns=None):
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).read_row_groups(
+                list(row_groups), columns=columns, use_threads=False
+            )
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"{path}: cannot read row groups {list(row_groups)} ({_line(exc)})"
+        ) from None
+
+
+def read_table(fs, path):
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({_line(exc)})") from None
+
+
+def _line(exc):
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def write_part(table, out_dir, index, dictionary_columns=()):
+    """Write one output part (snappy, statistics on, dictionary only for component ids)."""
+    path = f"{out_dir}/{PART_NAME.format(index)}"
+    pq.write_table(
+        table,
+        path,
+        compression="snappy",
+        use_dictionary=list(dictionary_columns),
+        row_group_size=max(table.num_rows, 1),
+    )
+    return path
+
+
+def vgm_column_encoder(model, x, row_offset):
+    """The default per-column encoder: the model's own lossless kernels (CPU)."""
+    from cpu_fallback import kernels
+
+    return model.encode(x, row_offset=row_offset, backend=kernels)
+
+
+def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encoder):
+    """Read a partition, append ``<col>_normalized`` and ``<col>_component``, write its part."""
+    t0 = time.perf_counter()
+    table = read_row_groups(fs, part.path, part.row_groups)
+    if table.num_rows != part.num_rows:
+        raise InputError(
+            f"{part.path}: row groups {list(part.row_groups)} hold {table.num_rows}"
+            f" rows, the footer said {part.num_rows}"
+        )
+    t_read = time.perf_counter()
+    out_of_coverage = {}
+    for column, model in models.items():
+        x = schema.to_float64(table.column(column), column, part.path)
+        try:
+            z, comp, n_out = column_encoder(model, x, part.row_offset)
+        except VGMError as exc:
+            raise InputError(f"{part.path}: {exc}") from None
+        z_arr, comp_arr = schema.encoded_columns(z, comp)
+        table = table.append_column(
+            pa.field(schema.normalized_name(column), z_arr.type, False), z_arr
+        )
+        table = table.append_column(
+            pa.field(schema.component_name(column), schema.COMPONENT_TYPE, False), comp_arr
+        )
+        out_of_coverage[column] = int(n_out)
+    t_encode = time.perf_counter()
+    write_part(table, out_dir, part.index, [schema.component_name(c) for c in models])
+    t_write = time.perf_counter()
+    return {
+        "index": part.index,
+        "file": PART_NAME.format(part.index),
+        "source": part.path,
+        "row_groups": list(part.row_groups),
+        "row_offset": part.row_offset,
+        "rows": table.num_rows,
+        "out_of_coverage": out_of_coverage,
+        "seconds": {"read": t_read - t0, "encode": t_encode - t_read, "write": t_write - t_encode},
+    }
+
+
+def decode_part(fs, path, index, models, column_types, out_dir):
+    """Inverse of encode_partition: restore each encoded column, drop the derived ones."""
+    table = read_table(fs, path)
+    drop = []
+    for column, model in models.items():
+        z_name, c_name = schema.normalized_name(column), schema.component_name(column)
+        if z_name not in table.column_names or c_name not in table.column_names:
+            raise InputError(f"{path}: {z_name!r} or {c_name!r} missing; not a gpu_vgm output?")
+        z = table.column(z_name).to_numpy()
+        comp = table.column(c_name).to_numpy()
+        try:
+            values = model.inverse_transform(z, comp)
+        except VGMError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        restored = schema.restore(values, column_types[column])
+        field = pa.field(column, restored.type)
+        if column in table.column_names:
+            table = table.set_column(table.schema.get_field_index(column), field, restored)
+        else:
+            table = table.append_column(field, restored)
+        drop += [z_name, c_name]
+    table = table.drop_columns(drop)
+    write_part(table, out_dir, index)
+    return {"index": index, "rows": table.num_rows}
+
+
+def read_sample(fs, path, row_group, count, columns, seed, draw):
+    """``count`` rows drawn uniformly from one row group (``draw``: its place in the plan)."""
+    table = read_row_groups(fs, path, [row_group], columns=columns)
+    rng = np.random.default_rng([seed, draw])
+    rows = np.sort(rng.choice(table.num_rows, size=min(count, table.num_rows), replace=False))
+    taken = table.take(pa.array(rows))
+    return {c: schema.to_float64(taken.column(c), c, path) for c in columns}
+
+
+def column_min_max(fs, part, columns):
+    """One pass for columns without Parquet statistics: finite (min, max) per column."""
+    table = read_row_groups(fs, part.path, part.row_groups, columns=columns)
+    out = {}
+    for c in columns:
+        x = schema.to_float64(table.column(c), c, part.path)
+        if np.isinf(x).any():
+            raise InputError(
+                f"{part.path}: column {c!r} holds {int(np.isinf(x).sum())} infinite values"
+            )
+        finite = x[~np.isnan(x)]
+        out[c] = (float(finite.min()), float(finite.max())) if finite.size else None
+    return out
+
+
+def fit_column(model, sample, value_range):
+    return model.fit(sample, value_range=value_range)
