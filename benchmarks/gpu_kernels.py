@@ -93,9 +93,9 @@ def main(argv=None):
         for mode in ("argmax", "sample"):
             g = gpu_kernels.encode(x[: args.check_rows], params, mode, key, 0)
             c = cpu_kernels.encode(xs, params, mode, key, 0)
-            if not (np.array_equal(cupy.asnumpy(g[1]), c[1]) and g[2:] == c[2:]):
-                sys.exit(f"check failed: GPU {mode} encode differs from cpu_fallback")
-            np.testing.assert_allclose(cupy.asnumpy(g[0]), c[0], rtol=1e-12, atol=0)
+            same_z = np.array_equal(cupy.asnumpy(g[0]).view(np.int64), c[0].view(np.int64))
+            if not (same_z and np.array_equal(cupy.asnumpy(g[1]), c[1]) and g[2:] == c[2:]):
+                sys.exit(f"check failed: GPU {mode} encode differs from cpu_fallback (bits)")
 
     def copy_reference():
         x.copy()

@@ -13,14 +13,16 @@ which rounds once instead of twice and so gives logits (and decoded values) that
 the last bit from numba's, which never contracts. Every multiply/add/subtract/divide that
 feeds a comparison or an output is therefore written as ``__dmul_rn``/``__dadd_rn``/
 ``__dsub_rn``/``__ddiv_rn`` (IEEE, round to nearest, never fused), and the module is also
-compiled with ``--fmad=false``. Only ``exp`` (sample mode) is CUDA's own: it can differ
-from the CPU's libm by one ulp, which changes a sampled component only when the row's
-uniform lands within a few ulp of a softmax boundary (about 1e-15 per row).
+compiled with ``--fmad=false``. Sample mode's softmax weights use no libm either: the CPU's
+``_exp_parts`` (Cody-Waite reduction and a degree-12 Taylor polynomial, from + and * alone)
+is repeated operation by operation with the CPU's constants, so a sampled component, like
+everything else, is bit-identical to ``cpu_fallback``'s.
 
 This module imports cupy at the top: import it only on the GPU path
 (``gpu_vgm.backends.kernels_for``).
 """
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -33,7 +35,16 @@ BLOCK = 256  # threads per block
 _BLOCKS_PER_SM = 32  # grid-stride loops: at most this many blocks per multiprocessor
 _MODES = ("argmax", "sample")
 
-_SOURCE = r"""
+# cpu_fallback.kernels' exp constants, the same doubles (written into the source with repr,
+# which round-trips exactly); C_j = 1 / j! for the Taylor polynomial.
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_TAYLOR = {j: 1.0 / math.factorial(j) for j in range(2, 13)}
+_EXP_CONSTANTS = {"VGM_LOG2E": _LOG2E, "VGM_LN2_HI": _LN2_HI, "VGM_LN2_LO": _LN2_LO}
+_EXP_CONSTANTS.update({f"VGM_C{j}": v for j, v in _TAYLOR.items()})
+
+_BODY = r"""
 // Mirrors cpu_fallback/kernels.py; see gpu_vgm/kernels.py for why intrinsics are used.
 #define VGM_INF __longlong_as_double(0x7ff0000000000000LL)
 #define VGM_NAN __longlong_as_double(0x7ff8000000000000LL)
@@ -62,8 +73,63 @@ __device__ __forceinline__ void vgm_add_counts(
     }
 }
 
-// cpu _finish_row, first half: NaN -> (-1, 0); special value j -> (special_base + j, 0).
-// The CPU picks a component for these rows too but never uses it, so they skip the loops.
+// cpu exp_nonpositive / _exp_parts: exp(t) for t <= 0 as p * 2**n, op for op.
+__device__ __forceinline__ double vgm_exp_nonpositive(double t)
+{
+    t = (-708.0 > t) ? -708.0 : t;  // numba max(t, -708.0) (NaN stays NaN)
+    const double n = floor(__dadd_rn(__dmul_rn(t, VGM_LOG2E), 0.5));
+    const double r = __dsub_rn(__dsub_rn(t, __dmul_rn(n, VGM_LN2_HI)), __dmul_rn(n, VGM_LN2_LO));
+    double p = VGM_C12;
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C11);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C10);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C9);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C8);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C7);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C6);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C5);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C4);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C3);
+    p = __dadd_rn(__dmul_rn(p, r), VGM_C2);
+    p = __dadd_rn(__dmul_rn(p, r), 1.0);
+    p = __dadd_rn(__dmul_rn(p, r), 1.0);
+    return __dmul_rn(p, __longlong_as_double(((long long)n + 1023LL) << 52));  // p * 2.0**n
+}
+
+// cpu _candidate_logits_block for one row: the largest candidate logit (``best``), its index
+// (``sel``, -1 without a candidate), the number of candidates, and the nearest component
+// (cpu _nearest, used when there is no candidate).
+__device__ __forceinline__ void vgm_scan(
+    double xi, const double* __restrict__ m, const double* __restrict__ inv_four_s,
+    const double* __restrict__ half_p, const double* __restrict__ c,
+    const double* __restrict__ radius, const int n_active,
+    double& best, int& sel, int& n_cand, int& nearest)
+{
+    best = -VGM_INF;
+    sel = -1;
+    n_cand = 0;
+    nearest = 0;
+    double near = VGM_INF;
+    for (int k = 0; k < n_active; ++k) {
+        const double d = __dsub_rn(xi, m[k]);
+        const double ad = fabs(d);
+        const bool cand = ad <= radius[k];
+        const double logit =
+            cand ? __dsub_rn(c[k], __dmul_rn(half_p[k], __dmul_rn(d, d))) : -VGM_INF;
+        if (logit > best) sel = k;  // strictly greater: the lowest id wins ties
+        best = (best > logit) ? best : logit;  // numba max(logit, best), NaN included
+        n_cand += cand ? 1 : 0;
+        const double dist = __dmul_rn(ad, inv_four_s[k]);
+        if (dist < near) {
+            near = dist;
+            nearest = k;
+        }
+    }
+}
+
+// NaN -> (-1, 0); a finite special value j -> (special_base + j, 0). The CPU also resolves
+// these rows, but its result is overwritten and a finite special value adds to no count, so
+// they skip the loops. (An infinite special value, which the model never makes, goes the
+// whole way: the CPU counts it as infinite.)
 __device__ __forceinline__ bool vgm_missing_or_special(
     double xi, const double* __restrict__ special, int n_special, long long special_base,
     double* __restrict__ z_out, short* __restrict__ comp_out, long long i)
@@ -73,21 +139,60 @@ __device__ __forceinline__ bool vgm_missing_or_special(
         comp_out[i] = (short)-1;
         return true;
     }
+    if (fabs(xi) == VGM_INF) return false;
+    int hit = -1;
     for (int j = 0; j < n_special; ++j) {
-        if (xi == special[j]) {
-            z_out[i] = 0.0;
-            comp_out[i] = (short)(special_base + j);
-            return true;
-        }
+        if (xi == special[j]) hit = j;  // the last match, as the CPU's overwriting loop
     }
-    return false;
+    if (hit < 0) return false;
+    z_out[i] = 0.0;
+    comp_out[i] = (short)(special_base + hit);
+    return true;
+}
+
+// cpu _finish_block for one row that is not NaN: z and id of component ``sel``, or of the
+// nearest component (out of coverage unless a special value) when there is no candidate;
+// then a special value's own id and z = 0.
+__device__ __forceinline__ void vgm_finish(
+    double xi, int sel, int nearest, const double* __restrict__ m,
+    const double* __restrict__ four_s, const short* __restrict__ ids,
+    const double* __restrict__ special, const int n_special, const long long special_base,
+    double* __restrict__ z_out, short* __restrict__ comp_out, long long i,
+    unsigned long long& n_ooc, unsigned long long& n_inf)
+{
+    int hit = -1;
+    for (int j = 0; j < n_special; ++j) {
+        if (xi == special[j]) hit = j;
+    }
+    if (sel < 0) {
+        sel = nearest;
+        if (hit < 0) n_ooc += 1ULL;
+        if (fabs(xi) == VGM_INF) n_inf += 1ULL;
+    }
+    if (hit >= 0) {
+        z_out[i] = 0.0;
+        comp_out[i] = (short)(special_base + hit);
+    } else {
+        z_out[i] = __ddiv_rn(__dsub_rn(xi, m[sel]), four_s[sel]);
+        comp_out[i] = ids[sel];
+    }
 }
 
 extern "C" __global__ void vgm_reciprocal(
     const double* __restrict__ a, double* __restrict__ out, const int n)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        out[i] = __ddiv_rn(1.0, a[i]);  // numba: inv_k = 1.0 / four_s[k]
+        out[i] = __ddiv_rn(1.0, a[i]);  // numba: 1.0 / four_s[k]
+    }
+}
+
+// exp_nonpositive elementwise: lets the GPU tests compare the exp with the CPU's directly.
+extern "C" __global__ void vgm_exp_nonpositive_rows(
+    const double* __restrict__ t, double* __restrict__ out, const long long n)
+{
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] = vgm_exp_nonpositive(t[i]);
     }
 }
 
@@ -109,31 +214,11 @@ extern "C" __global__ void vgm_encode_argmax(
         if (vgm_missing_or_special(xi, special, n_special, special_base, z_out, comp_out, i)) {
             continue;
         }
-        double best = -VGM_INF;
-        int sel = -1;
-        double near = VGM_INF;
-        int nearest = 0;
-        for (int k = 0; k < n_active; ++k) {
-            const double d = __dsub_rn(xi, m[k]);
-            const double ad = fabs(d);
-            const double logit = __dsub_rn(c[k], __dmul_rn(half_p[k], __dmul_rn(d, d)));
-            if (ad <= radius[k] && logit > best) {  // strictly greater: lowest id wins ties
-                best = logit;
-                sel = k;
-            }
-            const double dist = __dmul_rn(ad, inv_four_s[k]);
-            if (dist < near) {
-                near = dist;
-                nearest = k;
-            }
-        }
-        if (sel < 0) {  // no candidate: nearest active component, counted out-of-coverage
-            sel = nearest;
-            n_ooc += 1ULL;
-        }
-        z_out[i] = __ddiv_rn(__dsub_rn(xi, m[sel]), four_s[sel]);
-        comp_out[i] = ids[sel];
-        if (fabs(xi) == VGM_INF) n_inf += 1ULL;
+        double best;
+        int sel, n_cand, nearest;
+        vgm_scan(xi, m, inv_four_s, half_p, c, radius, n_active, best, sel, n_cand, nearest);
+        vgm_finish(xi, sel, nearest, m, four_s, ids, special, n_special, special_base, z_out,
+                   comp_out, i, n_ooc, n_inf);
     }
     vgm_add_counts(counts, n_ooc, n_inf);
 }
@@ -157,57 +242,45 @@ extern "C" __global__ void vgm_encode_sample(
         if (vgm_missing_or_special(xi, special, n_special, special_base, z_out, comp_out, i)) {
             continue;
         }
-        double best = -VGM_INF;
-        int k_best = -1;
-        double near = VGM_INF;
-        int nearest = 0;
-        for (int k = 0; k < n_active; ++k) {
-            const double d = __dsub_rn(xi, m[k]);
-            const double ad = fabs(d);
-            const double logit = __dsub_rn(c[k], __dmul_rn(half_p[k], __dmul_rn(d, d)));
-            if (ad <= radius[k] && logit > best) {
-                best = logit;
-                k_best = k;
-            }
-            const double dist = __dmul_rn(ad, inv_four_s[k]);
-            if (dist < near) {
-                near = dist;
-                nearest = k;
-            }
-        }
-        if (k_best < 0) {
-            k_best = nearest;
-            n_ooc += 1ULL;
-        } else {
-            // The CPU stores logits[k] (-inf for non-candidates) and sums exp(logit - best) over
-            // the entries != -inf in id order; recomputing a logit gives the same bits.
+        double best;
+        int sel, n_cand, nearest;
+        vgm_scan(xi, m, inv_four_s, half_p, c, radius, n_active, best, sel, n_cand, nearest);
+        if (n_cand > 1) {
+            // cpu _draw_block: weights w_k = exp(logit_k - best) of the candidates (0 for a
+            // logit of -inf), summed in id order; recomputing a logit gives the same bits.
             double total = 0.0;
             for (int k = 0; k < n_active; ++k) {
                 const double d = __dsub_rn(xi, m[k]);
                 if (fabs(d) <= radius[k]) {
                     const double logit = __dsub_rn(c[k], __dmul_rn(half_p[k], __dmul_rn(d, d)));
-                    if (logit != -VGM_INF) total = __dadd_rn(total, exp(__dsub_rn(logit, best)));
+                    if (logit != -VGM_INF) {
+                        total = __dadd_rn(total, vgm_exp_nonpositive(__dsub_rn(logit, best)));
+                    }
                 }
             }
             const unsigned long long h = vgm_splitmix64(key ^ (row_offset + (unsigned long long)i));
             const double threshold =
                 __dmul_rn(__dmul_rn(__ull2double_rn(h >> 11), VGM_INV_2_53), total);
-            double cumulative = 0.0;
+            // The first candidate (w > 0) whose running sum passes the threshold; the last
+            // one with w > 0 if rounding leaves the sum short of it.
+            double running = 0.0;
             for (int k = 0; k < n_active; ++k) {
                 const double d = __dsub_rn(xi, m[k]);
                 if (fabs(d) <= radius[k]) {
                     const double logit = __dsub_rn(c[k], __dmul_rn(half_p[k], __dmul_rn(d, d)));
                     if (logit != -VGM_INF) {
-                        cumulative = __dadd_rn(cumulative, exp(__dsub_rn(logit, best)));
-                        k_best = k;  // the last candidate if the sum never passes the threshold
-                        if (cumulative > threshold) break;
+                        const double w = vgm_exp_nonpositive(__dsub_rn(logit, best));
+                        running = __dadd_rn(running, w);
+                        if (w > 0.0) {
+                            sel = k;
+                            if (running > threshold) break;
+                        }
                     }
                 }
             }
         }
-        z_out[i] = __ddiv_rn(__dsub_rn(xi, m[k_best]), four_s[k_best]);
-        comp_out[i] = ids[k_best];
-        if (fabs(xi) == VGM_INF) n_inf += 1ULL;
+        vgm_finish(xi, sel, nearest, m, four_s, ids, special, n_special, special_base, z_out,
+                   comp_out, i, n_ooc, n_inf);
     }
     vgm_add_counts(counts, n_ooc, n_inf);
 }
@@ -263,6 +336,16 @@ extern "C" __global__ void vgm_decode_f32(
                            digits, scale, out, counts);
 }
 """
+
+
+def _source():
+    """The CUDA source: the exp constants as ``#define`` lines (repr round-trips each double
+    exactly), then the kernels."""
+    defines = "".join(f"#define {name} {value!r}\n" for name, value in _EXP_CONSTANTS.items())
+    return defines + _BODY
+
+
+_SOURCE = _source()
 
 _OPTIONS = ("--fmad=false",)
 _lock = threading.Lock()
@@ -432,3 +515,14 @@ def decode(z, component, params):
     )  # fmt: skip
     _kernel(name)(_grid(n), (BLOCK,), args)
     return out, int(counts.get()[0])
+
+
+def exp_nonpositive(t):
+    """The sample kernel's exp, elementwise on the device (``cpu_fallback.kernels.
+    exp_nonpositive`` per element, bit for bit): for tests."""
+    t = cupy.ascontiguousarray(_as_1d(t, "t"), dtype=cupy.float64)
+    out = cupy.empty(t.shape[0], dtype=cupy.float64)
+    n = int(t.shape[0])
+    if n:
+        _kernel("vgm_exp_nonpositive_rows")(_grid(n), (BLOCK,), (t, out, np.int64(n)))
+    return out

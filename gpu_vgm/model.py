@@ -128,13 +128,13 @@ class ScaleVGM:
 
         bgmm = None
         self.converged_ = True
-        if fit_values.size:
+        if fit_values.size >= 2:  # scikit-learn needs two samples; coverage handles fewer
             bgmm = self._fit_bgmm(fit_values)
             means = bgmm.means_.reshape(-1).astype(np.float64)
             stds = np.sqrt(bgmm.covariances_.reshape(-1)).astype(np.float64)
             weights = bgmm.weights_.astype(np.float64)
             logit_const, half_precision = sklearn_logit_terms(bgmm)
-        else:  # an all-missing or all-special sample: coverage alone creates components
+        else:  # all missing or special, or one value: coverage alone creates components
             means = stds = weights = logit_const = half_precision = np.zeros(0)
         self.bgmm = bgmm
         self.n_mixture_ = means.size

@@ -152,11 +152,15 @@ def load_for_encode(opts, columns):
     return chosen
 
 
-def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None):
-    """Run the whole encode job; returns the manifest (also written to the output)."""
+def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, plan=None):
+    """Run the whole encode job; returns the manifest (also written to the output).
+
+    ``plan`` is ``plan_encode(opts)`` when the caller already made it (to fail on bad input
+    before starting a cluster).
+    """
     t_start = time.perf_counter()
     check_output(opts.output, opts.overwrite)
-    fs, files, columns, parts = plan_encode(opts)
+    fs, files, columns, parts = plan or plan_encode(opts)
     total_rows = sum(f.num_rows for f in files)
     log.info(
         "%d files, %d rows, %d partitions; encoding %s",
@@ -175,7 +179,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None):
         save_models(opts.model_out, list(models.values()))
     extra = {} if column_encoder is None else {"column_encoder": column_encoder}
     with atomic_directory(opts.output, opts.overwrite) as tmp:
-        [shared] = client.scatter([models], broadcast=True)
+        [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
             for part in parts
@@ -213,6 +217,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None):
             "seed": next(iter(models.values())).random_state,
             "dtype": next(iter(models.values())).dtype,
             "workers": len(client.scheduler_info()["workers"]),
+            "peak_rss_mb_per_worker": max((r["peak_rss_mb"] for r in results), default=0.0),
             "versions": _versions(),
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
         }
@@ -272,7 +277,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
         if not fs.isfile(f"{root}/{name}"):
             raise InputError(f"{input_dir}: {name} is listed in the manifest but missing")
     with atomic_directory(output, overwrite) as tmp:
-        [shared] = client.scatter([models], broadcast=True)
+        [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(
                 tasks.decode_part, fs, f"{root}/{name}", i, shared, types, str(tmp), pure=False

@@ -167,18 +167,22 @@ def options_from_args(args):
 
 def _run(args):
     from gpu_vgm.cluster import dask_client
-    from gpu_vgm.pipeline import encode_job, progress_factory
+    from gpu_vgm.atomic import check_output
+    from gpu_vgm.pipeline import encode_job, plan_encode, progress_factory
 
     opts = options_from_args(args)
     if os.path.abspath(opts.output) == os.path.abspath(opts.input):
         raise InputError(f"--output {opts.output} is the input; choose another directory")
+    check_output(opts.output, opts.overwrite)
+    plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
     backend = (
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )
     with dask_client(
         backend, workers=args.workers, gpus=args.gpus, scheduler_address=args.scheduler_address
     ) as client:
-        manifest = encode_job(client, opts, backend=backend, progress=progress_factory(args.quiet))
+        manifest = encode_job(client, opts, backend=backend, progress=progress_factory(args.quiet),
+                              plan=plan)
     total = manifest["timings"]["total"]
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
     log.info(

@@ -4,6 +4,7 @@ Each task reads, transforms and writes in one go, so no partition's data ever tr
 the scheduler or the client, and memory per worker is one partition whatever the input size.
 """
 
+import resource
 import time
 
 import numpy as np
@@ -98,7 +99,13 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
         "rows": table.num_rows,
         "out_of_coverage": out_of_coverage,
         "seconds": {"read": t_read - t0, "encode": t_encode - t_read, "write": t_write - t_encode},
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb():
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def decode_part(fs, path, index, models, column_types, out_dir):

@@ -1,0 +1,182 @@
+"""Pipeline benchmark (not a test): rows/s side by side, in one run, on one Dask cluster.
+
+    python benchmarks/pipeline.py --rows 100000000 [--workers 2] [--json OUT.json]
+
+(a) I/O ceiling: read the input and write the same output schema with pyarrow, no encoding
+    (gpu_vgm's own read/write path with the encoder replaced by zeros);
+(b) the original Scale-VGM approach: dask.dataframe map_partitions with scikit-learn predict;
+(c) gpu_vgm's CPU backend.
+Then the whole job as a user times it (start, sample, fit, encode, write): ``python -m
+gpu_vgm.run`` against benchmarks/original_scalevgm.py, each as a fresh process.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import original_scalevgm  # noqa: E402
+
+from gpu_vgm import generate  # noqa: E402
+from gpu_vgm.cluster import dask_client  # noqa: E402
+from gpu_vgm.modelfile import save_models  # noqa: E402
+from gpu_vgm.pipeline import EncodeOptions, encode_job, fit_models, plan_encode  # noqa: E402
+
+
+def io_only_encoder(model, x, row_offset):
+    """Same output schema, no encoding: the I/O ceiling. The input values stand in for the
+    normalized column so the writer compresses as many bytes as for real output."""
+    return x.astype(model.dtype, copy=False), np.zeros(x.size, np.int16), 0
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def _whole_job(cmd):
+    seconds, proc = _timed(lambda: subprocess.run(cmd, capture_output=True, text=True))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr.strip()[-500:]}")
+    return seconds
+
+
+def run_benchmark(rows, workers=2, workdir=None, whole_job=True):
+    """Run (a), (b), (c) and the whole-job comparison; returns a dict of rows/s and ratios."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
+    cloudpickle.register_pickle_by_value(original_scalevgm)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="gpu_vgm-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    inp = workdir / f"input-{rows}"
+    if not inp.exists():
+        assert generate.main(["--rows", str(rows), "--output", str(inp), "--quiet"]) == 0
+    outs = {k: workdir / f"out-{k}" for k in ("io", "ours", "original", "job-ours", "job-orig")}
+    for p in outs.values():
+        shutil.rmtree(p, ignore_errors=True)
+    opts = EncodeOptions(input=str(inp), output=str(outs["ours"]), overwrite=True)
+    plan = plan_encode(opts)
+    model_file = workdir / "model.json"
+    seconds = {}
+    with dask_client("cpu", workers=workers) as client:
+        seconds["fit"], models = _timed(lambda: fit_models(client, *plan, opts))
+        save_models(model_file, list(models.values()))
+        opts.model_in = str(model_file)
+        # Warm-up: page cache and numba compilation on every worker, outside the timings.
+        warm = EncodeOptions(
+            input=str(inp), output=str(workdir / "warm"), overwrite=True, model_in=str(model_file)
+        )
+        encode_job(client, warm, plan=plan)
+        shutil.rmtree(workdir / "warm")
+
+        def io_run():
+            o = EncodeOptions(**{**opts.__dict__, "output": str(outs["io"])})
+            return encode_job(client, o, plan=plan, column_encoder=io_only_encoder)
+
+        def ours_run():
+            return encode_job(client, opts, plan=plan)
+
+        seconds["io_ceiling"], _ = _timed(io_run)
+        seconds["gpu_vgm_cpu"], manifest = _timed(ours_run)
+        bgmm = models["Amount"].bgmm
+        seconds["original"], _ = _timed(
+            lambda: original_scalevgm.encode_like_original(str(inp), str(outs["original"]), bgmm)
+        )
+    rates = {k: rows / seconds[k] for k in ("io_ceiling", "original", "gpu_vgm_cpu")}
+    result = {
+        "rows": rows,
+        "workers": workers,
+        "machine": machine(),
+        "seconds": seconds,
+        "rows_per_s": rates,
+        "ratios": {
+            "gpu_vgm_cpu / io_ceiling": rates["gpu_vgm_cpu"] / rates["io_ceiling"],
+            "gpu_vgm_cpu / original": rates["gpu_vgm_cpu"] / rates["original"],
+        },
+        "peak_rss_mb_per_worker": manifest["peak_rss_mb_per_worker"],
+    }
+    if whole_job:
+        ours = _whole_job(
+            [
+                sys.executable,
+                "-m",
+                "gpu_vgm.run",
+                "--input",
+                str(inp),
+                "--output",
+                str(outs["job-ours"]),
+                "--backend",
+                "cpu",
+                "--workers",
+                str(workers),
+                "--quiet",
+            ]
+        )
+        orig = _whole_job(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "original_scalevgm.py"),
+                str(inp),
+                str(outs["job-orig"]),
+                "--workers",
+                str(workers),
+            ]
+        )
+        job_manifest = json.loads((outs["job-ours"] / "_manifest.json").read_text())
+        result["whole_job_seconds"] = {"gpu_vgm": ours, "original": orig}
+        result["ratios"]["whole job: original / gpu_vgm"] = orig / ours
+        result["peak_rss_mb_per_worker_whole_job"] = job_manifest["peak_rss_mb_per_worker"]
+    for p in outs.values():
+        shutil.rmtree(p, ignore_errors=True)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workdir", default=None, help="keeps the generated input for reruns")
+    parser.add_argument("--no-whole-job", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    result = run_benchmark(args.rows, args.workers, args.workdir, not args.no_whole_job)
+    print(f"machine: {result['machine']}; {args.rows:,} rows, {args.workers} workers")
+    for name, rate in result["rows_per_s"].items():
+        print(f"  {name:14s} {rate / 1e6:8.2f} M rows/s")
+    for name, ratio in result["ratios"].items():
+        print(f"  {name:34s} {ratio:6.2f} x")
+    if "whole_job_seconds" in result:
+        w = result["whole_job_seconds"]
+        print(f"  whole job: gpu_vgm {w['gpu_vgm']:.1f} s, original {w['original']:.1f} s")
+    print(f"  peak RSS per worker: {result['peak_rss_mb_per_worker']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

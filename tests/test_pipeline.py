@@ -1,0 +1,194 @@
+"""The encode/decode jobs end to end, through the command-line entry points, on real clusters."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpu_vgm import generate, inverse, run
+from gpu_vgm.compare import compare
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
+
+
+@pytest.fixture(scope="module")
+def input_20m(tmp_path_factory):
+    out = tmp_path_factory.mktemp("in20m") / "input"
+    assert generate.main(["--rows", "20000000", "--output", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_input(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "input"
+    assert generate.main(["--rows", "300000", "--files", "3", "--row-group-size", "40000",
+                          "--output", str(out), "--quiet"]) == 0
+    return out
+
+
+def encode(inp, out, *extra):
+    return run.main(["--input", str(inp), "--output", str(out), "--backend", "cpu", "--quiet",
+                     *extra])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["argmax", "sample"])
+def test_20m_rows_encode_then_inverse_returns_every_row(input_20m, tmp_path, mode):
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert encode(input_20m, enc, "--mode", mode, "--workers", "2") == 0
+    manifest = json.loads((enc / "_manifest.json").read_text())
+    assert manifest["rows"] == 20_000_000 and manifest["mode"] == mode
+    assert manifest["columns"]["Amount"]["out_of_coverage"] == 0
+    z = pq.read_table(enc, columns=["Amount_normalized"]).column(0).to_numpy()
+    assert np.abs(z).max() <= 0.99  # the column maximum is inside the fitted coverage
+    assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
+    result = compare(input_20m, back, enc / "_model.json")
+    assert result["rows"] == 20_000_000
+    assert result["mismatches"] == {"Amount": 0}
+
+
+@pytest.mark.slow
+def test_20m_output_does_not_depend_on_workers_or_partition_size(input_20m, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert encode(input_20m, a, "--mode", "sample", "--workers", "1", "--partition-size",
+                  "3M") == 0
+    assert encode(input_20m, b, "--mode", "sample", "--workers", "2", "--partition-size",
+                  "64MiB") == 0
+    assert len(list(a.glob("part-*"))) != len(list(b.glob("part-*")))
+    result = compare(a, b)
+    assert result["rows"] == 20_000_000
+    assert not any(result["mismatches"].values())
+
+
+def test_learned_rounding_roundtrip_is_bit_exact(small_input, tmp_path):
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert encode(small_input, enc, "--learn-rounding", "--dtype", "float32",
+                  "--special-values", "0", "--partition-size", "50K") == 0
+    assert pq.read_schema(next(enc.glob("part-*"))).field("Amount_normalized").type == "float"
+    assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
+    result = compare(small_input, back)
+    assert result["mismatches"] == {"Amount": 0} and result["rows"] == 300_000
+
+
+def test_output_layout_and_manifest(small_input, tmp_path):
+    enc = tmp_path / "enc"
+    assert encode(small_input, enc, "--partition-size", "100K", "--model-out",
+                  str(tmp_path / "m.json")) == 0
+    parts = sorted(p.name for p in enc.glob("part-*.parquet"))
+    assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
+    table = pq.read_table(enc)
+    assert table.column_names == ["Amount", "Amount_normalized", "Amount_component"]
+    assert table.schema.field("Amount_component").type == pa.int16()
+    original = pq.read_table(small_input).column("Amount")
+    assert table.column("Amount").equals(original)  # input columns kept, rows in input order
+    manifest = json.loads((enc / "_manifest.json").read_text())
+    assert sum(p["rows"] for p in manifest["parts"]) == 300_000
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(
+        (enc / "_model.json").read_text())
+    # fit once, encode many: the saved model gives the same output
+    again = tmp_path / "again"
+    assert encode(small_input, again, "--model-in", str(tmp_path / "m.json")) == 0
+    assert not any(compare(enc, again)["mismatches"].values())
+
+
+def test_zero_row_files_all_nan_and_typed_columns(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    g = np.random.default_rng(0)
+    pq.write_table(pa.table({"a": pa.array([], pa.float64()), "n": pa.array([], pa.int64()),
+                             "f": pa.array([], pa.float32())}), inp / "0.parquet")
+    n = 5000
+    ints = pa.array(g.integers(-50, 50, n), mask=g.random(n) < 0.1)
+    pq.write_table(pa.table({"a": np.full(n, np.nan), "n": ints,
+                             "f": g.normal(0, 3, n).astype(np.float32)}), inp / "1.parquet")
+    pq.write_table(pa.table({"a": g.normal(5, 1, n), "n": pa.array(g.integers(0, 9, n)),
+                             "f": g.normal(0, 3, n).astype(np.float32)}), inp / "2.parquet",
+                   row_group_size=1000)
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert encode(inp, enc, "--columns", "a,n,f", "--partition-size", "2000") == 0
+    assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
+    restored = pq.read_table(back)
+    original = pq.read_table(inp)
+    assert restored.schema.field("n").type == pa.int64()
+    assert restored.schema.field("f").type == pa.float32()
+    assert restored.column("n").equals(original.column("n"))
+    assert restored.column("f").equals(original.column("f"))
+    assert compare(inp, back, enc / "_model.json")["mismatches"] == {"a": 0, "n": 0, "f": 0}
+
+
+# ----------------------------------------------------------------------------- bad input
+def _write(path, table, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, **kw)
+    return path.parent
+
+
+def bad_inputs(tmp):
+    good = pa.table({"Amount": np.arange(100.0), "name": ["x"] * 100})
+    cases = {
+        "missing path": (tmp / "nope", [], "no such file"),
+        "no parquet": (tmp / "empty_dir", [], "no Parquet files"),
+        "missing column": (_write(tmp / "mc" / "a.parquet", good), ["--columns", "Nope"],
+                           "'Nope' not found"),
+        "non-numeric": (_write(tmp / "nn" / "a.parquet", good), ["--columns", "name"],
+                        "'name' is string"),
+        "inf in stats": (_write(tmp / "inf" / "a.parquet",
+                                pa.table({"Amount": [1.0, np.inf]})), [], "infinite"),
+        "inf without stats": (_write(tmp / "inf2" / "a.parquet",
+                                     pa.table({"Amount": [1.0, 2.0, -np.inf] * 10}),
+                                     write_statistics=False), [], "infinite"),
+    }
+    (tmp / "empty_dir").mkdir()
+    corrupt = tmp / "corrupt"
+    _write(corrupt / "a.parquet", good)
+    (corrupt / "b.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
+    cases["corrupt file"] = (corrupt, [], "b.parquet: not a readable Parquet file")
+    truncated = tmp / "truncated"
+    _write(truncated / "a.parquet", good)
+    data = (truncated / "a.parquet").read_bytes()
+    (truncated / "b.parquet").write_bytes(data[: len(data) // 2])
+    cases["truncated file"] = (truncated, [], "b.parquet")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["missing path", "no parquet", "missing column", "non-numeric",
+                                  "inf in stats", "inf without stats", "corrupt file",
+                                  "truncated file"])
+def test_bad_input_one_line_error_nonzero_exit_no_output(tmp_path, capsys, case):
+    inp, extra, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    rc = encode(inp, out, "--workers", "1", *extra)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert message in err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out.")]  # no temp left
+
+
+def test_existing_output_is_left_untouched(small_input, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert encode(small_input, out) != 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_unwritable_output_and_gpu_without_gpu(small_input, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert encode(small_input, blocker / "out") != 0
+    assert "file" in capsys.readouterr().err
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is None:
+        rc = run.main(["--input", str(small_input), "--output", str(tmp_path / "g"),
+                       "--backend", "gpu", "--quiet"])
+        from gpu_vgm.backends import gpu_unavailable_reason
+
+        if gpu_unavailable_reason() is not None:
+            assert rc == 3
+            assert "no usable GPU" in capsys.readouterr().err
+            assert not (tmp_path / "g").exists()
