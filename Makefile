@@ -9,6 +9,7 @@ DEMO   := data/demo
 .PHONY: demo test lint bench-kernels bench-pipeline clean
 
 $(STAMP): pyproject.toml constraints.txt
+	mkdir -p data
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,report]'
@@ -23,7 +24,8 @@ test: lint
 
 demo: $(STAMP)
 	$(PY) -m gpu_vgm.generate --rows $(ROWS) --output $(DEMO)/input --overwrite
-	$(PY) -m gpu_vgm.run --input $(DEMO)/input --output $(DEMO)/encoded --overwrite
+	$(PY) -m gpu_vgm.run --input $(DEMO)/input --output $(DEMO)/encoded --overwrite \
+		--special-values 0 --learn-rounding
 	$(PY) -m gpu_vgm.inverse --input $(DEMO)/encoded --output $(DEMO)/decoded --overwrite
 	$(PY) -m gpu_vgm.compare $(DEMO)/input $(DEMO)/decoded
 	$(PY) -m gpu_vgm.report --input $(DEMO)/encoded --output $(DEMO)/report

@@ -16,6 +16,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from cpu_fallback import kernels
@@ -45,7 +46,8 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    x = synthetic_amounts(args.rows, seed=1)
+    blocks = range((args.rows + 65535) // 65536)
+    x = np.concatenate([synthetic_amounts(1, args.rows, b, args.rows // 2) for b in blocks])
     model = ScaleVGM(n_components=10).fit(
         x[:: max(1, args.rows // 200_000)], value_range=(x.min(), x.max())
     )

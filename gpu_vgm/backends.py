@@ -80,3 +80,23 @@ def choose_backend(requested):
         raise BackendUnavailableError(f"--backend gpu: no usable GPU: {reason}")
     log.info("using the CPU backend: %s", reason)
     return "cpu"
+
+
+def column_encoder(backend):
+    """The per-column encode function Dask tasks call for this backend.
+
+    GPU: the partition is read with pyarrow on the host, copied to the device, encoded by the
+    CuPy kernels and copied back (the cudf read/write path is not written yet).
+    """
+    from gpu_vgm import tasks
+
+    return gpu_column_encoder if backend == "gpu" else tasks.vgm_column_encoder
+
+
+def gpu_column_encoder(model, x, row_offset):
+    import cupy
+
+    from gpu_vgm import kernels
+
+    z, comp, n_out = model.encode(cupy.asarray(x), row_offset=row_offset, backend=kernels)
+    return cupy.asnumpy(z), cupy.asnumpy(comp), n_out

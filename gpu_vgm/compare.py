@@ -28,8 +28,9 @@ def iter_batches(url, columns, batch_rows=1 << 20):
     fs, paths = inputs.list_parquet_files(url)
     for path in paths:
         with fs.open(path, "rb") as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns,
-                                                      use_threads=False)
+            yield from pq.ParquetFile(f).iter_batches(
+                batch_size=batch_rows, columns=columns, use_threads=False
+            )
 
 
 def _aligned(a_iter, b_iter):
@@ -71,8 +72,10 @@ def compare(a_url, b_url, model_path=None):
     pairs = _aligned(iter_batches(a_url, columns), iter_batches(b_url, columns))
     for ta, tb in pairs:
         if ta.num_rows != tb.num_rows:
-            raise InputError(f"row counts differ: {a_url} has more rows than {b_url} or the "
-                             f"reverse (after {rows} equal-length rows)")
+            raise InputError(
+                f"row counts differ: {a_url} has more rows than {b_url} or the "
+                f"reverse (after {rows} equal-length rows)"
+            )
         if ta.num_rows == 0:
             break
         rows += ta.num_rows
@@ -94,20 +97,28 @@ def compare(a_url, b_url, model_path=None):
                 if err.size:
                     max_err[c] = max(max_err[c], float(err.max()))
             else:
-                bad = int(len(x) - pc.sum(pc.equal(x, y).fill_null(False)).as_py()
-                          - pc.sum(pc.and_(x.is_null(), y.is_null())).as_py())
+                bad = int(
+                    len(x)
+                    - pc.sum(pc.equal(x, y).fill_null(False)).as_py()
+                    - pc.sum(pc.and_(x.is_null(), y.is_null())).as_py()
+                )
             mismatches[c] += bad
     return {"rows": rows, "mismatches": mismatches, "max_abs_error": max_err}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m gpu_vgm.compare",
-                                description="Check that two Parquet datasets hold the same rows.")
+    p = argparse.ArgumentParser(
+        prog="python -m gpu_vgm.compare",
+        description="Check that two Parquet datasets hold the same rows.",
+    )
     p.add_argument("a", help="first dataset (e.g. data/demo/input)")
     p.add_argument("b", help="second dataset (e.g. data/demo/decoded)")
-    p.add_argument("--model", default=None,
-                   help="allow the decoding contract's error for float columns (e.g. "
-                        "--model data/demo/encoded/_model.json)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="allow the decoding contract's error for float columns (e.g. "
+        "--model data/demo/encoded/_model.json)",
+    )
     cli.add_verbosity(p)
     return p
 

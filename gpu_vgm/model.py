@@ -13,9 +13,6 @@ import warnings
 
 import numpy as np
 from scipy.special import digamma
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import BayesianGaussianMixture
-
 from gpu_vgm import rng
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
 from gpu_vgm.params import RADIUS_FACTOR, KernelParams, round_to
@@ -170,6 +167,9 @@ class ScaleVGM:
         return self
 
     def _fit_bgmm(self, values):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.mixture import BayesianGaussianMixture
+
         n_components = min(self.n_components, values.size)
         bgmm = BayesianGaussianMixture(
             n_components=n_components,
@@ -262,7 +262,7 @@ class ScaleVGM:
         bad = (decoded != x) & (x == x)
         n_bad = int(bad.sum())
         if n_bad:
-            rows = [int(i) + row_offset for i in np.flatnonzero(bad)[:5].tolist()]
+            rows = [int(i) + row_offset for i in bad.nonzero()[0][:5].tolist()]
             raise InputError(
                 f"column {self.column!r}: {n_bad} values have more than the "
                 f"{self.rounding_digits_} decimals learned from the sample (rows {shorten(rows)}); "
@@ -409,6 +409,8 @@ def _sklearn_state(bgmm):
 
 def _sklearn_from_state(model, state):
     """A fitted BayesianGaussianMixture equivalent to the saved one (``.bgmm`` after load)."""
+    from sklearn.mixture import BayesianGaussianMixture  # imported late: it takes seconds
+
     k = state["n_components"]
     bgmm = BayesianGaussianMixture(
         n_components=k,

@@ -177,7 +177,9 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
     t_fit = time.perf_counter()
     if opts.model_out:
         save_models(opts.model_out, list(models.values()))
-    extra = {} if column_encoder is None else {"column_encoder": column_encoder}
+    from gpu_vgm.backends import column_encoder as backend_encoder
+
+    extra = {"column_encoder": column_encoder or backend_encoder(backend)}
     with atomic_directory(opts.output, opts.overwrite) as tmp:
         [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [

@@ -181,8 +181,9 @@ def _run(args):
     with dask_client(
         backend, workers=args.workers, gpus=args.gpus, scheduler_address=args.scheduler_address
     ) as client:
-        manifest = encode_job(client, opts, backend=backend, progress=progress_factory(args.quiet),
-                              plan=plan)
+        manifest = encode_job(
+            client, opts, backend=backend, progress=progress_factory(args.quiet), plan=plan
+        )
     total = manifest["timings"]["total"]
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
     log.info(

@@ -48,13 +48,15 @@ def test_kernels_match_the_reference_row_by_row(mode):
     g = np.random.default_rng(5)
     sample = np.concatenate([g.lognormal(2, 1.2, 3000), np.zeros(100), g.normal(-40, 3, 500)])
     model = ScaleVGM(n_components=6, special_values=[0.0], mode=mode).fit(sample)
-    x = np.concatenate([sample[:1500], [np.nan, 0.0, -1e6, 1e7, model.value_range_[1]],
-                        g.uniform(-100, 600, 1500)])
+    x = np.concatenate(
+        [sample[:1500], [np.nan, 0.0, -1e6, 1e7, model.value_range_[1]], g.uniform(-100, 600, 1500)]
+    )
     offset = 123_456_789_012
-    z, comp, n_out, n_inf = kernels.encode(x, model.kernel_params_, mode, model.column_key_,
-                                           offset)
-    expected = [reference_row(v, model.kernel_params_, mode, model.column_key_, offset + i)
-                for i, v in enumerate(x)]
+    z, comp, n_out, n_inf = kernels.encode(x, model.kernel_params_, mode, model.column_key_, offset)
+    expected = [
+        reference_row(v, model.kernel_params_, mode, model.column_key_, offset + i)
+        for i, v in enumerate(x)
+    ]
     np.testing.assert_array_equal(comp, [e[1] for e in expected])
     np.testing.assert_array_equal(z, [e[0] for e in expected])
     assert n_out == sum(e[2] for e in expected) > 0
@@ -63,16 +65,18 @@ def test_kernels_match_the_reference_row_by_row(mode):
 
 def test_infinite_values_are_counted():
     model = ScaleVGM(n_components=2).fit(np.arange(10.0))
-    _, _, _, n_inf = kernels.encode(np.array([1.0, np.inf, -np.inf, 2.0]), model.kernel_params_,
-                                    "argmax", 0, 0)
+    _, _, _, n_inf = kernels.encode(
+        np.array([1.0, np.inf, -np.inf, 2.0]), model.kernel_params_, "argmax", 0, 0
+    )
     assert n_inf == 2
 
 
 def test_decode_counts_invalid_component_ids():
     model = ScaleVGM(n_components=2).fit(np.arange(10.0))
     n_ids = model.kernel_params_.n_ids
-    x, n_invalid = kernels.decode(np.zeros(4), np.array([-1, 0, n_ids, -7], dtype=np.int16),
-                                  model.kernel_params_)
+    x, n_invalid = kernels.decode(
+        np.zeros(4), np.array([-1, 0, n_ids, -7], dtype=np.int16), model.kernel_params_
+    )
     assert n_invalid == 2
     assert np.isnan(x[[0, 2, 3]]).all() and np.isfinite(x[1])
 

@@ -22,10 +22,16 @@ def amounts(rows, seed=3):
 def mixtures():
     rng = np.random.default_rng(7)
     yield "heavy tail", np.round(rng.lognormal(3, 1.5, 20_000), 2)
-    yield "negatives", np.concatenate([rng.normal(-50, 5, 8000), rng.normal(20, 1, 8000),
-                                       rng.normal(300, 40, 4000)])
-    yield "spikes", np.concatenate([np.full(5000, 3.0), np.full(3000, -7.5),
-                                    rng.normal(0, 1, 6000)])
+    yield (
+        "negatives",
+        np.concatenate(
+            [rng.normal(-50, 5, 8000), rng.normal(20, 1, 8000), rng.normal(300, 40, 4000)]
+        ),
+    )
+    yield (
+        "spikes",
+        np.concatenate([np.full(5000, 3.0), np.full(3000, -7.5), rng.normal(0, 1, 6000)]),
+    )
     yield "uniform", rng.uniform(-1e6, 1e6, 10_000)
 
 
@@ -59,8 +65,9 @@ def test_logits_match_sklearn_predict_and_proba(name, x):
     probe = np.linspace(x.min(), x.max(), 5001)
     logits = model.predict_logits(probe)[:, : model.n_mixture_]
     np.testing.assert_array_equal(np.argmax(logits, axis=1), model.bgmm.predict(probe[:, None]))
-    np.testing.assert_allclose(softmax(logits, axis=1), model.bgmm.predict_proba(probe[:, None]),
-                               atol=1e-12, rtol=0)
+    np.testing.assert_allclose(
+        softmax(logits, axis=1), model.bgmm.predict_proba(probe[:, None]), atol=1e-12, rtol=0
+    )
 
 
 @pytest.mark.parametrize(("name", "x"), list(mixtures()), ids=[n for n, _ in mixtures()])
@@ -70,7 +77,8 @@ def test_argmax_component_is_sklearns_where_it_is_a_candidate(name, x):
     predicted = model.bgmm.predict(x[:, None])
     p = predicted.clip(0, model.n_mixture_ - 1)
     candidate = model.active_[p] & (
-        np.abs(x - model.means_[p]) <= 0.99 * 4 * model.stds_[p] * (1 - 1e-9))
+        np.abs(x - model.means_[p]) <= 0.99 * 4 * model.stds_[p] * (1 - 1e-9)
+    )
     assert candidate.mean() > 0.5
     np.testing.assert_array_equal(comp[candidate], predicted[candidate])
     assert np.all(np.abs(z) <= 0.99)
@@ -193,8 +201,11 @@ def test_sample_mode_depends_on_column_name_and_seed_not_position():
     assert not np.array_equal(a.transform(x)[1], b.transform(x)[1])
 
 
-@given(st.lists(st.floats(min_value=-1e12, max_value=1e12) | st.just(float("nan")), min_size=1,
-                max_size=200))
+@given(
+    st.lists(
+        st.floats(min_value=-1e12, max_value=1e12) | st.just(float("nan")), min_size=1, max_size=200
+    )
+)
 @settings(max_examples=40, deadline=None)
 def test_roundtrip_property_on_arbitrary_values(values):
     x = np.array(values)
@@ -210,8 +221,9 @@ def test_save_load_roundtrip_gives_identical_output(tmp_path):
     loaded = ScaleVGM.load(path)
     for a, b in zip(model.transform(x), loaded.transform(x), strict=True):
         assert np.array_equal(a, b)
-    np.testing.assert_array_equal(loaded.bgmm.predict(x[:1000, None]),
-                                  model.bgmm.predict(x[:1000, None]))
+    np.testing.assert_array_equal(
+        loaded.bgmm.predict(x[:1000, None]), model.bgmm.predict(x[:1000, None])
+    )
 
 
 def test_errors_are_clear():
@@ -244,8 +256,7 @@ def _saved(tmp_path):
         (lambda d: d["fitted"]["components"]["mean"].pop(), "entries, expected"),
         (lambda d: d["fitted"]["components"]["logit_const"].__setitem__(0, 1e6), "do not match"),
         (lambda d: d["params"].update(mode="__import__('os')"), "params.mode"),
-        (lambda d: d["fitted"]["components"].update(active=[False] * 3 + [False] * 0),
-         "active"),
+        (lambda d: d["fitted"]["components"].update(active=[False] * 3 + [False] * 0), "active"),
         (lambda d: d.update(fitted="x"), "fitted must be an object"),
     ],
 )
@@ -258,8 +269,16 @@ def test_hostile_model_files_give_one_line_errors(tmp_path, mutate, message):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("text", ["", "{", "[1, 2]", '{"format": "gpu_vgm.ScaleVGM", "version":'
-                                  ' 1, "params": {}, "fitted": {}}', "NaN"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        "[1, 2]",
+        '{"format": "gpu_vgm.ScaleVGM", "version": 1, "params": {}, "fitted": {}}',
+        "NaN",
+    ],
+)
 def test_malformed_model_files(tmp_path, text):
     path = tmp_path / "m.json"
     path.write_text(text)

@@ -24,14 +24,29 @@ def input_20m(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_input(tmp_path_factory):
     out = tmp_path_factory.mktemp("small") / "input"
-    assert generate.main(["--rows", "300000", "--files", "3", "--row-group-size", "40000",
-                          "--output", str(out), "--quiet"]) == 0
+    assert (
+        generate.main(
+            [
+                "--rows",
+                "300000",
+                "--files",
+                "3",
+                "--row-group-size",
+                "40000",
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def encode(inp, out, *extra):
-    return run.main(["--input", str(inp), "--output", str(out), "--backend", "cpu", "--quiet",
-                     *extra])
+    return run.main(
+        ["--input", str(inp), "--output", str(out), "--backend", "cpu", "--quiet", *extra]
+    )
 
 
 @pytest.mark.slow
@@ -53,10 +68,10 @@ def test_20m_rows_encode_then_inverse_returns_every_row(input_20m, tmp_path, mod
 @pytest.mark.slow
 def test_20m_output_does_not_depend_on_workers_or_partition_size(input_20m, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert encode(input_20m, a, "--mode", "sample", "--workers", "1", "--partition-size",
-                  "3M") == 0
-    assert encode(input_20m, b, "--mode", "sample", "--workers", "2", "--partition-size",
-                  "64MiB") == 0
+    assert encode(input_20m, a, "--mode", "sample", "--workers", "1", "--partition-size", "3M") == 0
+    assert (
+        encode(input_20m, b, "--mode", "sample", "--workers", "2", "--partition-size", "64MiB") == 0
+    )
     assert len(list(a.glob("part-*"))) != len(list(b.glob("part-*")))
     result = compare(a, b)
     assert result["rows"] == 20_000_000
@@ -65,8 +80,20 @@ def test_20m_output_does_not_depend_on_workers_or_partition_size(input_20m, tmp_
 
 def test_learned_rounding_roundtrip_is_bit_exact(small_input, tmp_path):
     enc, back = tmp_path / "enc", tmp_path / "back"
-    assert encode(small_input, enc, "--learn-rounding", "--dtype", "float32",
-                  "--special-values", "0", "--partition-size", "50K") == 0
+    assert (
+        encode(
+            small_input,
+            enc,
+            "--learn-rounding",
+            "--dtype",
+            "float32",
+            "--special-values",
+            "0",
+            "--partition-size",
+            "50K",
+        )
+        == 0
+    )
     assert pq.read_schema(next(enc.glob("part-*"))).field("Amount_normalized").type == "float"
     assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
     result = compare(small_input, back)
@@ -75,8 +102,12 @@ def test_learned_rounding_roundtrip_is_bit_exact(small_input, tmp_path):
 
 def test_output_layout_and_manifest(small_input, tmp_path):
     enc = tmp_path / "enc"
-    assert encode(small_input, enc, "--partition-size", "100K", "--model-out",
-                  str(tmp_path / "m.json")) == 0
+    assert (
+        encode(
+            small_input, enc, "--partition-size", "100K", "--model-out", str(tmp_path / "m.json")
+        )
+        == 0
+    )
     parts = sorted(p.name for p in enc.glob("part-*.parquet"))
     assert parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
     table = pq.read_table(enc)
@@ -87,7 +118,8 @@ def test_output_layout_and_manifest(small_input, tmp_path):
     manifest = json.loads((enc / "_manifest.json").read_text())
     assert sum(p["rows"] for p in manifest["parts"]) == 300_000
     assert json.loads((tmp_path / "m.json").read_text()) == json.loads(
-        (enc / "_model.json").read_text())
+        (enc / "_model.json").read_text()
+    )
     # fit once, encode many: the saved model gives the same output
     again = tmp_path / "again"
     assert encode(small_input, again, "--model-in", str(tmp_path / "m.json")) == 0
@@ -98,15 +130,33 @@ def test_zero_row_files_all_nan_and_typed_columns(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     g = np.random.default_rng(0)
-    pq.write_table(pa.table({"a": pa.array([], pa.float64()), "n": pa.array([], pa.int64()),
-                             "f": pa.array([], pa.float32())}), inp / "0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "a": pa.array([], pa.float64()),
+                "n": pa.array([], pa.int64()),
+                "f": pa.array([], pa.float32()),
+            }
+        ),
+        inp / "0.parquet",
+    )
     n = 5000
     ints = pa.array(g.integers(-50, 50, n), mask=g.random(n) < 0.1)
-    pq.write_table(pa.table({"a": np.full(n, np.nan), "n": ints,
-                             "f": g.normal(0, 3, n).astype(np.float32)}), inp / "1.parquet")
-    pq.write_table(pa.table({"a": g.normal(5, 1, n), "n": pa.array(g.integers(0, 9, n)),
-                             "f": g.normal(0, 3, n).astype(np.float32)}), inp / "2.parquet",
-                   row_group_size=1000)
+    pq.write_table(
+        pa.table({"a": np.full(n, np.nan), "n": ints, "f": g.normal(0, 3, n).astype(np.float32)}),
+        inp / "1.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "a": g.normal(5, 1, n),
+                "n": pa.array(g.integers(0, 9, n)),
+                "f": g.normal(0, 3, n).astype(np.float32),
+            }
+        ),
+        inp / "2.parquet",
+        row_group_size=1000,
+    )
     enc, back = tmp_path / "enc", tmp_path / "back"
     assert encode(inp, enc, "--columns", "a,n,f", "--partition-size", "2000") == 0
     assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
@@ -131,15 +181,30 @@ def bad_inputs(tmp):
     cases = {
         "missing path": (tmp / "nope", [], "no such file"),
         "no parquet": (tmp / "empty_dir", [], "no Parquet files"),
-        "missing column": (_write(tmp / "mc" / "a.parquet", good), ["--columns", "Nope"],
-                           "'Nope' not found"),
-        "non-numeric": (_write(tmp / "nn" / "a.parquet", good), ["--columns", "name"],
-                        "'name' is string"),
-        "inf in stats": (_write(tmp / "inf" / "a.parquet",
-                                pa.table({"Amount": [1.0, np.inf]})), [], "infinite"),
-        "inf without stats": (_write(tmp / "inf2" / "a.parquet",
-                                     pa.table({"Amount": [1.0, 2.0, -np.inf] * 10}),
-                                     write_statistics=False), [], "infinite"),
+        "missing column": (
+            _write(tmp / "mc" / "a.parquet", good),
+            ["--columns", "Nope"],
+            "'Nope' not found",
+        ),
+        "non-numeric": (
+            _write(tmp / "nn" / "a.parquet", good),
+            ["--columns", "name"],
+            "'name' is string",
+        ),
+        "inf in stats": (
+            _write(tmp / "inf" / "a.parquet", pa.table({"Amount": [1.0, np.inf]})),
+            [],
+            "infinite",
+        ),
+        "inf without stats": (
+            _write(
+                tmp / "inf2" / "a.parquet",
+                pa.table({"Amount": [1.0, 2.0, -np.inf] * 10}),
+                write_statistics=False,
+            ),
+            [],
+            "infinite",
+        ),
     }
     (tmp / "empty_dir").mkdir()
     corrupt = tmp / "corrupt"
@@ -154,9 +219,19 @@ def bad_inputs(tmp):
     return cases
 
 
-@pytest.mark.parametrize("case", ["missing path", "no parquet", "missing column", "non-numeric",
-                                  "inf in stats", "inf without stats", "corrupt file",
-                                  "truncated file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing path",
+        "no parquet",
+        "missing column",
+        "non-numeric",
+        "inf in stats",
+        "inf without stats",
+        "corrupt file",
+        "truncated file",
+    ],
+)
 def test_bad_input_one_line_error_nonzero_exit_no_output(tmp_path, capsys, case):
     inp, extra, message = bad_inputs(tmp_path)[case]
     out = tmp_path / "out"
@@ -184,8 +259,17 @@ def test_unwritable_output_and_gpu_without_gpu(small_input, tmp_path, capsys):
     assert encode(small_input, blocker / "out") != 0
     assert "file" in capsys.readouterr().err
     if os.environ.get("CUDA_VISIBLE_DEVICES") is None:
-        rc = run.main(["--input", str(small_input), "--output", str(tmp_path / "g"),
-                       "--backend", "gpu", "--quiet"])
+        rc = run.main(
+            [
+                "--input",
+                str(small_input),
+                "--output",
+                str(tmp_path / "g"),
+                "--backend",
+                "gpu",
+                "--quiet",
+            ]
+        )
         from gpu_vgm.backends import gpu_unavailable_reason
 
         if gpu_unavailable_reason() is not None:
