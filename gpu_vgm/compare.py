@@ -6,7 +6,7 @@ memory. Float columns compare exactly by default (NaN equals NaN, null equals Na
 taken over every component of the column's model.
 
 Example:
-    python -m gpu_vgm.compare data/demo/input data/demo/decoded --model data/demo/encoded/_model.json
+    python -m gpu_vgm.compare data/in data/back --model data/out/_model.json
 """
 
 import argparse

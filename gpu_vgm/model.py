@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 from scipy.special import digamma
+
 from gpu_vgm import rng
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
 from gpu_vgm.params import RADIUS_FACTOR, KernelParams, round_to

@@ -166,8 +166,8 @@ def options_from_args(args):
 
 
 def _run(args):
-    from gpu_vgm.cluster import dask_client
     from gpu_vgm.atomic import check_output
+    from gpu_vgm.cluster import dask_client
     from gpu_vgm.pipeline import encode_job, plan_encode, progress_factory
 
     opts = options_from_args(args)
