@@ -153,7 +153,8 @@ def _encode_argmax(x, m, four_s, half_p, c, radius, ids, special, special_base, 
 def _exp_parts(t):
     """exp(t) for t <= 0 as p * 2**n, from + and * alone (no libm), so every backend gets the
     same bits: Cody-Waite reduction t = n ln2 + r, |r| <= ln2/2, and the degree-12 Taylor
-    polynomial p(r) (relative error < 2.3e-16). t is floored at -708 (exp(-708) > 0).
+    polynomial p(r) (within 2 ulp of exp: relative error <= 4.5e-16, measured on 3M values).
+    t is floored at -708 (exp(-708) > 0).
     Returns (p, n); callers build 2**n from its bits (see exp_nonpositive)."""
     t = max(t, -708.0)
     n = np.floor(t * _LOG2E + 0.5)

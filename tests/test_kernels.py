@@ -85,7 +85,7 @@ def test_decode_counts_invalid_component_ids():
 @settings(max_examples=300, deadline=None)
 def test_exp_nonpositive_is_accurate(t):
     expected = math.exp(max(t, -708.0))
-    assert kernels.exp_nonpositive(t) == pytest.approx(expected, rel=3e-16, abs=0)
+    assert kernels.exp_nonpositive(t) == pytest.approx(expected, rel=4.5e-16, abs=0)  # 2 ulp
 
 
 def test_splitmix64_uniforms_are_uniform_and_match_the_kernel_draws():
