@@ -169,16 +169,8 @@ class ScaleVGM:
 
     def _fit_bgmm(self, values):
         from sklearn.exceptions import ConvergenceWarning
-        from sklearn.mixture import BayesianGaussianMixture
 
-        n_components = min(self.n_components, values.size)
-        bgmm = BayesianGaussianMixture(
-            n_components=n_components,
-            weight_concentration_prior_type="dirichlet_process",
-            weight_concentration_prior=self.weight_concentration_prior,
-            max_iter=self.max_iter,
-            random_state=self.random_state,
-        )
+        bgmm = _new_bgmm(self, min(self.n_components, values.size))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             bgmm.fit(values.reshape(-1, 1))
@@ -408,18 +400,23 @@ def _sklearn_state(bgmm):
     return state
 
 
-def _sklearn_from_state(model, state):
-    """A fitted BayesianGaussianMixture equivalent to the saved one (``.bgmm`` after load)."""
+def _new_bgmm(model, n_components):
+    """The original Scale-VGM's estimator: dirichlet_process prior, the model's settings."""
     from sklearn.mixture import BayesianGaussianMixture  # imported late: it takes seconds
 
-    k = state["n_components"]
-    bgmm = BayesianGaussianMixture(
-        n_components=k,
+    return BayesianGaussianMixture(
+        n_components=n_components,
         weight_concentration_prior_type="dirichlet_process",
         weight_concentration_prior=model.weight_concentration_prior,
         max_iter=model.max_iter,
         random_state=model.random_state,
     )
+
+
+def _sklearn_from_state(model, state):
+    """A fitted BayesianGaussianMixture equivalent to the saved one (``.bgmm`` after load)."""
+    k = state["n_components"]
+    bgmm = _new_bgmm(model, k)
     bgmm.weights_ = np.array(state["weights_"])
     bgmm.means_ = np.array(state["means_"]).reshape(k, 1)
     bgmm.covariances_ = np.array(state["covariances_"]).reshape(k, 1, 1)
