@@ -48,5 +48,12 @@ def guarded(body, args, prog):
         return 130
 
 
+def run_command(parser, body, argv=None):
+    """Parse ``argv``, set up logging and run ``body(args)`` guarded: every command's main."""
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    return guarded(body, args, parser.prog)
+
+
 def run_main(main):
     sys.exit(main())

@@ -377,10 +377,7 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cli.setup_logging(args)
-    return cli.guarded(_run, args, parser.prog)
+    return cli.run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

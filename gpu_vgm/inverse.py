@@ -51,9 +51,7 @@ def _run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cli.setup_logging(args)
-    return cli.guarded(_run, args, "gpu_vgm.inverse")
+    return cli.run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -207,9 +207,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cli.setup_logging(args)
-    return cli.guarded(_run, args, "gpu_vgm.report")
+    return cli.run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

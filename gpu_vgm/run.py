@@ -201,9 +201,7 @@ def _run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cli.setup_logging(args)
-    return cli.guarded(_run, args, "gpu_vgm.run")
+    return cli.run_command(build_parser(), _run, argv)
 
 
 def console_main():
