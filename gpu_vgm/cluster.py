@@ -8,7 +8,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shutil
 import tempfile
+
+import dask
 
 from gpu_vgm.errors import BackendUnavailableError
 
@@ -19,6 +22,15 @@ LOCALHOST = "127.0.0.1"
 def _dashboard_address():
     # The dashboard needs bokeh; without it distributed would warn on every start.
     return f"{LOCALHOST}:8787" if importlib.util.find_spec("bokeh") else None
+
+
+def _worker_environ():
+    """Dask's worker environment without MALLOC_TRIM_THRESHOLD_: setting it turns off glibc's
+    adaptive mmap threshold, so every large NumPy temporary is mapped and unmapped again; that
+    doubled scikit-learn's fit time in a worker (4.0 s -> 7.3 s on a 100k-row sample)."""
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
 
 
 @contextlib.contextmanager
@@ -32,28 +44,28 @@ def dask_client(backend="cpu", workers=None, gpus=None, scheduler_address=None):
             yield client
         return
     local_dir = tempfile.mkdtemp(prefix="gpu_vgm-dask-")
-    if backend == "gpu":
-        cluster = _cuda_cluster(gpus or 1, local_dir)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            processes=True,
-            host=LOCALHOST,
-            dashboard_address=_dashboard_address(),
-            local_directory=local_dir,
-            silence_logs=logging.ERROR,
-        )
-    try:
-        with Client(cluster) as client:
-            if _dashboard_address():
-                log.info("Dask dashboard: %s", client.dashboard_link)
-            yield client
-    finally:
-        cluster.close()
-        import shutil
-
-        shutil.rmtree(local_dir, ignore_errors=True)
+    # Held for the cluster's life, so a worker restarted after a crash gets it too.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+        if backend == "gpu":
+            cluster = _cuda_cluster(gpus or 1, local_dir)
+        else:
+            cluster = LocalCluster(
+                n_workers=workers or os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                host=LOCALHOST,
+                dashboard_address=_dashboard_address(),
+                local_directory=local_dir,
+                silence_logs=logging.ERROR,
+            )
+        try:
+            with Client(cluster) as client:
+                if _dashboard_address():
+                    log.info("Dask dashboard: %s", client.dashboard_link)
+                yield client
+        finally:
+            cluster.close()
+            shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def _cuda_cluster(gpus, local_dir):

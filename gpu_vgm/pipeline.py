@@ -210,6 +210,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
                         "source",
                         "row_groups",
                         "out_of_coverage",
+                        "seconds",
                     )
                 }
                 for r in results
