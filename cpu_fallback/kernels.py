@@ -17,8 +17,11 @@ import math
 
 import numba as nb
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 BLOCK = 512
+SAMPLE_BLOCK = 1024  # keeps the (components x rows) weights in L1
 _INV_2_53 = 1.0 / 9007199254740992.0
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI is exact
@@ -149,6 +152,17 @@ def _encode_argmax(x, m, four_s, half_p, c, radius, ids, special, special_base, 
     return n_ooc, n_inf
 
 
+@intrinsic
+def _bits_as_float64(typingctx, bits):
+    """Reinterpret int64 bits as a float64 (no conversion), inside vectorizable loops."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
 @nb.njit(inline="always")
 def _exp_parts(t):
     """exp(t) for t <= 0 as p * 2**n, from + and * alone (no libm), so every backend gets the
@@ -183,9 +197,7 @@ def exp_nonpositive(t):
 
 
 @nb.njit(inline="always")
-def _draw_block(
-    logits, best, sel, ncand, total, threshold, found, poly, scale_bits, length, key, first_row
-):
+def _draw_block(logits, best, sel, ncand, total, threshold, found, length, key, first_row):
     """Sample mode: replace ``sel`` by a draw from each row's candidate softmax.
 
     The weights exp(logit - best) are summed in id order, u comes from splitmix64(key ^ row),
@@ -193,17 +205,15 @@ def _draw_block(
     the sum short of the threshold, so a row then keeps its last candidate. Rows with one
     candidate keep it; rows with none stay unresolved for _finish_block.
     """
-    scale_view = scale_bits.view(np.float64)
     for i in range(length):
         total[i] = 0.0
     for k in range(logits.shape[0]):
         lk = logits[k]
         for i in range(length):
-            p, n = _exp_parts(lk[i] - best[i])
-            poly[i] = p
-            scale_bits[i] = (np.int64(n) + 1023) << 52  # the bits of 2.0**n
-        for i in range(length):
-            w = poly[i] * scale_view[i] if lk[i] != -np.inf else 0.0
+            lg = lk[i]
+            p, n = _exp_parts(lg - best[i])
+            w = p * _bits_as_float64((np.int64(n) + 1023) << 52)  # p * 2.0**n
+            w = w if lg != -np.inf else 0.0
             lk[i] = w
             total[i] += w
     for i in range(length):
@@ -227,19 +237,17 @@ def _encode_sample(
     x, m, four_s, half_p, c, radius, ids, special, special_base, key, row_offset, z_out, comp_out
 ):
     n_active = m.shape[0]
-    best = np.empty(BLOCK)
-    sel = np.empty(BLOCK)
-    ncand = np.empty(BLOCK)
-    total = np.empty(BLOCK)
-    threshold = np.empty(BLOCK)
-    found = np.empty(BLOCK)
-    poly = np.empty(BLOCK)
-    scale_bits = np.empty(BLOCK, np.int64)
-    logits = np.empty((n_active, BLOCK))
+    best = np.empty(SAMPLE_BLOCK)
+    sel = np.empty(SAMPLE_BLOCK)
+    ncand = np.empty(SAMPLE_BLOCK)
+    total = np.empty(SAMPLE_BLOCK)
+    threshold = np.empty(SAMPLE_BLOCK)
+    found = np.empty(SAMPLE_BLOCK)
+    logits = np.empty((n_active, SAMPLE_BLOCK))
     n_ooc = 0
     n_inf = 0
-    for start in range(0, x.shape[0], BLOCK):
-        length = min(BLOCK, x.shape[0] - start)
+    for start in range(0, x.shape[0], SAMPLE_BLOCK):
+        length = min(SAMPLE_BLOCK, x.shape[0] - start)
         _candidate_logits_block(
             x[start : start + length], length, m, half_p, c, radius, best, sel, ncand, logits
         )
@@ -251,8 +259,6 @@ def _encode_sample(
             total,
             threshold,
             found,
-            poly,
-            scale_bits,
             length,
             key,
             row_offset + np.uint64(start),
