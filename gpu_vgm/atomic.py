@@ -43,12 +43,16 @@ def check_output(path, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path, overwrite: bool = False):
-    """Yield a temporary sibling directory that replaces ``path`` when the block succeeds."""
+def atomic_directory(path, overwrite: bool = False, reuse=None):
+    """Yield a temporary sibling directory that replaces ``path`` when the block succeeds.
+
+    ``reuse`` adopts an existing temporary directory (left by a killed run) instead.
+    """
     path = check_output(path, overwrite)
-    tmp = _sibling(path, "tmp")
+    tmp = Path(reuse) if reuse else _sibling(path, "tmp")
     try:
-        tmp.mkdir()
+        if not reuse:
+            tmp.mkdir()
     except OSError as exc:
         raise OutputError(f"cannot write {path}: cannot create {tmp}: {exc.strerror}") from exc
     try:

@@ -93,8 +93,31 @@ def _first_line(exc):
     return text[0] if text else type(exc).__name__
 
 
+def value_type(t):
+    """The type of the values: a dictionary-encoded column counts as its values."""
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def is_encodable_type(t):
+    t = value_type(t)
     return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)
+
+
+def check_same_schema(files):
+    """Every file must have the first file's columns and types: parts are concatenated."""
+    first = files[0]
+    for f in files[1:]:
+        if f.schema.names != first.schema.names:
+            raise InputError(
+                f"{f.path}: columns {shorten(f.schema.names)} differ from "
+                f"{first.path}'s {shorten(first.schema.names)}"
+            )
+        for col in f.schema:
+            other = first.schema.field(col.name).type
+            if value_type(col.type) != value_type(other):
+                raise InputError(
+                    f"{f.path}: column {col.name!r} is {col.type}, but {other} in {first.path}"
+                )
 
 
 def select_columns(files, requested):
@@ -103,7 +126,7 @@ def select_columns(files, requested):
         columns = list(dict.fromkeys(requested))
     else:
         first = files[0].schema
-        columns = [f.name for f in first if pa.types.is_floating(f.type)]
+        columns = [f.name for f in first if pa.types.is_floating(value_type(f.type))]
         if not columns:
             raise InputError(
                 f"{files[0].path}: no floating-point columns to encode; name some with --columns"

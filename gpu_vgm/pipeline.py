@@ -9,11 +9,11 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gpu_vgm import inputs, schema, tasks
+from gpu_vgm import checkpoint, inputs, schema, tasks
 from gpu_vgm.atomic import atomic_directory, check_output
 from gpu_vgm.errors import InputError
 from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
@@ -44,6 +44,7 @@ class EncodeOptions:
     model_out: str | None = None
     partition_size: str = "2M"
     overwrite: bool = False
+    resume: bool = False  # adopt the finished parts of a killed run of the same job
 
 
 def _versions():
@@ -69,6 +70,7 @@ def plan_encode(opts):
     """Files, columns and partitions of an encode job, from footers alone."""
     fs, paths = inputs.list_parquet_files(opts.input)
     files = inputs.read_metadata(fs, paths)
+    inputs.check_same_schema(files)
     columns = inputs.select_columns(files, opts.columns)
     for f in files:
         schema.check_no_clash(f.schema, columns, f.path)
@@ -169,24 +171,42 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
         len(parts),
         ", ".join(columns),
     )
-    models = (
-        load_for_encode(opts, columns)
-        if opts.model_in
-        else fit_models(client, fs, files, columns, parts, opts)
-    )
-    t_fit = time.perf_counter()
-    if opts.model_out:
-        save_models(opts.model_out, list(models.values()))
+    fp = checkpoint.fingerprint(opts, files, columns, parts)
+    leftovers = checkpoint.unfinished_runs(opts.output, fp)
+    adopted, done = leftovers[0] if opts.resume and leftovers else (None, {})
+    if leftovers and not opts.resume:
+        log.info(
+            "%s holds %d finished parts of a killed run of this job; pass --resume to reuse them",
+            leftovers[0][0],
+            len(leftovers[0][1]),
+        )
     from gpu_vgm.backends import column_encoder as backend_encoder
 
     extra = {"column_encoder": column_encoder or backend_encoder(backend)}
-    with atomic_directory(opts.output, opts.overwrite) as tmp:
+    with atomic_directory(opts.output, opts.overwrite, reuse=adopted) as tmp:
+        if adopted:  # the killed run's model: its parts were encoded with exactly that one
+            models = load_for_encode(replace(opts, model_in=f"{tmp}/{MODEL}"), columns)
+            log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
+        elif opts.model_in:
+            models = load_for_encode(opts, columns)
+        else:
+            models = fit_models(client, fs, files, columns, parts, opts)
+        save_models(f"{tmp}/{MODEL}", list(models.values()))
+        t_fit = time.perf_counter()
+        if opts.model_out:
+            save_models(opts.model_out, list(models.values()))
+        ckpt = checkpoint.Checkpoint(tmp, fp, done)
+        todo = [part for part in parts if part.index not in done]
         [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
-            for part in parts
+            for part in todo
         ]
-        results = _gather_in_order(client, futures, progress, "encoding")
+        fresh = _gather_in_order(client, futures, progress, "encoding", on_result=ckpt.add)
+        results = [done.get(p.index) for p in parts]
+        for r in fresh:
+            results[r["index"]] = r
+        ckpt.remove()
         t_encode = time.perf_counter()
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -195,7 +215,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
             "rows": total_rows,
             "columns": {
                 c: {
-                    "type": str(files[0].schema.field(c).type),
+                    "type": str(inputs.value_type(files[0].schema.field(c).type)),
                     "out_of_coverage": sum(r["out_of_coverage"][c] for r in results),
                 }
                 for c in columns
@@ -224,14 +244,15 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
             "versions": _versions(),
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
         }
-        save_models(f"{tmp}/{MODEL}", list(models.values()))
         write_json_atomic(f"{tmp}/{MANIFEST}", manifest)
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
 
 
-def _gather_in_order(client, futures, progress, what):
-    """Results in submission order; on the first error cancel the rest and raise it."""
+def _gather_in_order(client, futures, progress, what, on_result=None):
+    """Results in submission order; on the first error cancel the rest and raise it.
+
+    ``on_result(result)`` is called as each one arrives (checkpoints)."""
     from distributed import as_completed
 
     results = [None] * len(futures)
@@ -240,6 +261,8 @@ def _gather_in_order(client, futures, progress, what):
     try:
         for fut in as_completed(futures):
             results[position[fut.key]] = fut.result()
+            if on_result:
+                on_result(results[position[fut.key]])
             if bar:
                 bar.update(1)
     except BaseException:

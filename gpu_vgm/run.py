@@ -140,6 +140,11 @@ def build_parser():
         action="store_true",
         help="replace an existing output directory once the new one is complete",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the parts a killed run of the same job finished (same input and options)",
+    )
     cli.add_verbosity(p)
     return p
 
@@ -162,19 +167,22 @@ def options_from_args(args):
         model_out=args.model_out,
         partition_size=args.partition_size,
         overwrite=args.overwrite,
+        resume=args.resume,
     )
 
 
 def _run(args):
     from gpu_vgm.atomic import check_output
     from gpu_vgm.cluster import dask_client
-    from gpu_vgm.pipeline import encode_job, plan_encode, progress_factory
+    from gpu_vgm.pipeline import encode_job, load_for_encode, plan_encode, progress_factory
 
     opts = options_from_args(args)
     if os.path.abspath(opts.output) == os.path.abspath(opts.input):
         raise InputError(f"--output {opts.output} is the input; choose another directory")
     check_output(opts.output, opts.overwrite)
     plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
+    if opts.model_in:
+        load_for_encode(opts, plan[2])  # and so does a bad model file
     backend = (
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )

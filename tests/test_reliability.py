@@ -1,0 +1,319 @@
+"""Faults and hostile input: killed workers and jobs, external clusters, odd Parquet files."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpu_vgm import generate, inverse, run, tasks
+from gpu_vgm.cluster import dask_client
+from gpu_vgm.compare import compare
+from gpu_vgm.pipeline import EncodeOptions, encode_job
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel")
+    assert (
+        generate.main(
+            [
+                "--rows",
+                "3000000",
+                "--files",
+                "2",
+                "--row-group-size",
+                "100000",
+                "--output",
+                str(root / "in"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        run.main(
+            [
+                "--input",
+                str(root / "in"),
+                "--output",
+                str(root / "clean"),
+                "--backend",
+                "cpu",
+                "--quiet",
+                "--mode",
+                "sample",
+                "--partition-size",
+                "100K",
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def _same(a, b):
+    result = compare(a, b)
+    return result["rows"] > 0 and not any(result["mismatches"].values())
+
+
+def slow_encoder(model, x, row_offset):
+    time.sleep(0.15)  # long enough to kill a worker while parts are in flight
+    return tasks.vgm_column_encoder(model, x, row_offset)
+
+
+def test_worker_killed_mid_run_output_identical(data, tmp_path):
+    opts = EncodeOptions(
+        input=str(data / "in"),
+        output=str(tmp_path / "out"),
+        mode="sample",
+        partition_size="100K",
+        model_in=str(data / "clean" / "_model.json"),
+    )
+    with dask_client("cpu", workers=2) as client:
+        before = set(client.run(os.getpid).values())
+        job = {}
+        thread = threading.Thread(
+            target=lambda: job.update(
+                manifest=encode_job(client, opts, column_encoder=slow_encoder)
+            )
+        )
+        thread.start()
+        deadline = time.time() + 60
+        while not list(Path(tmp_path).glob("out.tmp-*/part-*")) and time.time() < deadline:
+            time.sleep(0.05)
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+        after = set(client.run(os.getpid).values())
+    assert victim not in after  # the worker really died (its nanny started a new one)
+    assert job["manifest"]["rows"] == 3_000_000
+    assert _same(data / "clean", tmp_path / "out")
+
+
+def _checkpointed_parts(out):
+    for ckpt in Path(out).parent.glob(f"{Path(out).name}.tmp-*/_checkpoint.jsonl"):
+        return max(len(ckpt.read_text().splitlines()) - 1, 0)
+    return 0
+
+
+def test_killed_job_leaves_no_output_and_resume_matches_clean_run(data, tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpu_vgm.run",
+        "--input",
+        str(data / "in"),
+        "--output",
+        str(out),
+        "--backend",
+        "cpu",
+        "--workers",
+        "1",
+        "--mode",
+        "sample",
+        "--partition-size",
+        "20K",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 120
+    while _checkpointed_parts(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    rerun = subprocess.run([*cmd[:-1], "--resume"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr and "parts already written" in rerun.stderr
+    assert not list(tmp_path.glob("out.tmp-*"))
+    # 20K partitions here, 100K in the clean run: the data must still be identical
+    assert _same(data / "clean", out)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
+    dask = str(Path(sys.executable).parent / "dask")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                address.rsplit(":", 1)[1],
+                "--no-dashboard",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        rc = run.main(
+            [
+                "--input",
+                str(data / "in"),
+                "--output",
+                str(tmp_path / "out"),
+                "--quiet",
+                "--scheduler-address",
+                address,
+                "--mode",
+                "sample",
+            ]
+        )
+        assert rc == 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["workers"] == 2
+    assert _same(data / "clean", tmp_path / "out")
+
+
+def test_local_cluster_binds_to_localhost():
+    with dask_client("cpu", workers=1) as client:
+        info = client.scheduler_info()
+        assert info["address"].startswith("tcp://127.0.0.1:")
+        assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+
+
+# ----------------------------------------------------------------------------- hostile input
+def _roundtrip(inp, tmp_path, *extra):
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert (
+        run.main(
+            [
+                "--input",
+                str(inp),
+                "--output",
+                str(enc),
+                "--backend",
+                "cpu",
+                "--quiet",
+                "--workers",
+                "1",
+                *extra,
+            ]
+        )
+        == 0
+    )
+    assert inverse.main(["--input", str(enc), "--output", str(back), "--quiet"]) == 0
+    return pq.read_table(back)
+
+
+def test_decimal_and_dictionary_columns_roundtrip(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    g = np.random.default_rng(1)
+    cents = g.integers(0, 10**7, 20_000)
+    decimals = pa.array([Decimal(int(c)).scaleb(-2) for c in cents], pa.decimal128(12, 2))
+    levels = g.choice([0.5, 1.25, 99.75, -3.0], 20_000)
+    table = pa.table({"price": decimals, "level": pa.array(levels).dictionary_encode()})
+    pq.write_table(table, inp / "a.parquet")
+    back = _roundtrip(inp, tmp_path, "--columns", "price,level", "--learn-rounding")
+    assert back.column("price").type == pa.decimal128(12, 2)
+    assert back.column("price").equals(table.column("price"))
+    assert np.array_equal(back.column("level").to_numpy(), levels)
+
+
+def test_schemas_that_differ_between_files_are_refused(tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    pq.write_table(pa.table({"Amount": [1.0, 2.0]}), inp / "a.parquet")
+    pq.write_table(pa.table({"Amount": pa.array([1.0, 2.0], pa.float32())}), inp / "b.parquet")
+    rc = run.main(["--input", str(inp), "--output", str(tmp_path / "out"), "--backend", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "b.parquet: column 'Amount' is float" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_file_in_the_middle_of_the_set(tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("a", "b", "c"):
+        pq.write_table(pa.table({"Amount": np.arange(1000.0)}), inp / f"{name}.parquet")
+    data = (inp / "b.parquet").read_bytes()
+    (inp / "b.parquet").write_bytes(data[: len(data) - 10])
+    rc = run.main(["--input", str(inp), "--output", str(tmp_path / "out"), "--backend", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "b.parquet" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "bad JSON"),
+        ('{"format": "gpu_vgm.model", "version": 7, "columns": []}', "newer gpu_vgm"),
+        (
+            '{"format": "gpu_vgm.model", "version": 1, "columns": [{"format": "x"}]}',
+            "format is 'x'",
+        ),
+        ('{"py/object": "os.system", "format": "gpu_vgm.model"}', "version must be an integer"),
+    ],
+)
+def test_hostile_model_file_on_the_command_line(data, tmp_path, capsys, content, message):
+    model = tmp_path / "m.json"
+    model.write_text(content)
+    rc = run.main(
+        [
+            "--input",
+            str(data / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--backend",
+            "cpu",
+            "--model-in",
+            str(model),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
