@@ -48,6 +48,7 @@ def open_fs(url):
 def list_parquet_files(url):
     """Sorted Parquet files of a file, directory (recursively) or glob."""
     fs, path = open_fs(url)
+    fs.invalidate_cache()  # object stores: another process may have written it meanwhile
     if any(ch in path for ch in "*?["):
         found = sorted(p for p in fs.glob(path) if fs.isfile(p))
     elif fs.isdir(path):

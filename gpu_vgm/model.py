@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from scipy.special import digamma
 
-from gpu_vgm import rng
+from gpu_vgm import rng, storage
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
 from gpu_vgm.params import RADIUS_FACTOR, KernelParams, round_to
 
@@ -528,17 +528,13 @@ def _learn_rounding(finite, max_digits):
 
 
 def write_json_atomic(path, data):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    """Write JSON whole (a local file appears by rename); ``path`` may be an fsspec URL."""
+    storage.write_json(os.fspath(path), data)
 
 
 def read_json(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, parse_constant=_reject_constant)
+        return json.loads(storage.read_text(os.fspath(path)), parse_constant=_reject_constant)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: model file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:

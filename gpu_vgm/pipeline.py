@@ -13,8 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gpu_vgm import checkpoint, inputs, schema, tasks
-from gpu_vgm.atomic import atomic_directory, check_output
+from gpu_vgm import checkpoint, inputs, schema, storage, tasks
 from gpu_vgm.errors import InputError
 from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
 from gpu_vgm.modelfile import load_models, save_models
@@ -161,7 +160,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
     before starting a cluster).
     """
     t_start = time.perf_counter()
-    check_output(opts.output, opts.overwrite)
+    storage.check_output(opts.output, opts.overwrite)
     fs, files, columns, parts = plan or plan_encode(opts)
     total_rows = sum(f.num_rows for f in files)
     log.info(
@@ -172,7 +171,8 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
         ", ".join(columns),
     )
     fp = checkpoint.fingerprint(opts, files, columns, parts)
-    leftovers = checkpoint.unfinished_runs(opts.output, fp)
+    local = not storage.is_remote(opts.output)  # checkpoints and --resume: local output only
+    leftovers = checkpoint.unfinished_runs(opts.output, fp) if local else []
     adopted, done = leftovers[0] if opts.resume and leftovers else (None, {})
     if leftovers and not opts.resume:
         log.info(
@@ -183,30 +183,33 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
     from gpu_vgm.backends import column_encoder as backend_encoder
 
     extra = {"column_encoder": column_encoder or backend_encoder(backend)}
-    with atomic_directory(opts.output, opts.overwrite, reuse=adopted) as tmp:
+    with storage.output_directory(opts.output, opts.overwrite, reuse=adopted) as tmp:
         if adopted:  # the killed run's model: its parts were encoded with exactly that one
-            models = load_for_encode(replace(opts, model_in=f"{tmp}/{MODEL}"), columns)
+            models = load_for_encode(replace(opts, model_in=storage.join(tmp, MODEL)), columns)
             log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
         elif opts.model_in:
             models = load_for_encode(opts, columns)
         else:
             models = fit_models(client, fs, files, columns, parts, opts)
-        save_models(f"{tmp}/{MODEL}", list(models.values()))
+        save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
         if opts.model_out:
             save_models(opts.model_out, list(models.values()))
-        ckpt = checkpoint.Checkpoint(tmp, fp, done)
+        ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
         todo = [part for part in parts if part.index not in done]
         [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
             for part in todo
         ]
-        fresh = _gather_in_order(client, futures, progress, "encoding", on_result=ckpt.add)
+        fresh = _gather_in_order(
+            client, futures, progress, "encoding", on_result=ckpt.add if ckpt else None
+        )
         results = [done.get(p.index) for p in parts]
         for r in fresh:
             results[r["index"]] = r
-        ckpt.remove()
+        if ckpt:
+            ckpt.remove()
         t_encode = time.perf_counter()
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -244,7 +247,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
             "versions": _versions(),
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
         }
-        write_json_atomic(f"{tmp}/{MANIFEST}", manifest)
+        write_json_atomic(storage.join(tmp, MANIFEST), manifest)
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
 
@@ -275,7 +278,7 @@ def _gather_in_order(client, futures, progress, what, on_result=None):
 
 
 def read_manifest(directory):
-    data = read_json(f"{directory}/{MANIFEST}")
+    data = read_json(storage.join(directory, MANIFEST))
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise InputError(f"{directory}/{MANIFEST}: not a gpu_vgm manifest")
     if data.get("version", 0) > MANIFEST_VERSION:
@@ -286,7 +289,7 @@ def read_manifest(directory):
 def decode_job(client, input_dir, output, model_path=None, overwrite=False, progress=None):
     """Restore the original columns, names, types and row order from an encoded directory."""
     t0 = time.perf_counter()
-    check_output(output, overwrite)
+    storage.check_output(output, overwrite)
     fs, root = inputs.open_fs(input_dir)
     if not fs.isdir(root):
         raise InputError(f"{input_dir}: no such directory")
@@ -302,7 +305,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     for name in parts:
         if not fs.isfile(f"{root}/{name}"):
             raise InputError(f"{input_dir}: {name} is listed in the manifest but missing")
-    with atomic_directory(output, overwrite) as tmp:
+    with storage.output_directory(output, overwrite) as tmp:
         [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(
@@ -317,7 +320,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
                 f"{input_dir}: decoded {rows} rows, the manifest says {manifest['rows']}"
             )
         write_json_atomic(
-            f"{tmp}/{MANIFEST}",
+            storage.join(tmp, MANIFEST),
             {
                 "format": "gpu_vgm.decoded",
                 "version": 1,

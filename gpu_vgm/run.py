@@ -8,7 +8,7 @@ import argparse
 import logging
 import os
 
-from gpu_vgm import cli
+from gpu_vgm import cli, storage
 from gpu_vgm.backends import choose_backend
 from gpu_vgm.errors import InputError
 
@@ -172,14 +172,13 @@ def options_from_args(args):
 
 
 def _run(args):
-    from gpu_vgm.atomic import check_output
     from gpu_vgm.cluster import dask_client
     from gpu_vgm.pipeline import encode_job, load_for_encode, plan_encode, progress_factory
 
     opts = options_from_args(args)
     if os.path.abspath(opts.output) == os.path.abspath(opts.input):
         raise InputError(f"--output {opts.output} is the input; choose another directory")
-    check_output(opts.output, opts.overwrite)
+    storage.check_output(opts.output, opts.overwrite)
     plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
     if opts.model_in:
         load_for_encode(opts, plan[2])  # and so does a bad model file

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpu_vgm import schema
+from gpu_vgm import schema, storage
 from gpu_vgm.errors import InputError, VGMError
 
 PART_NAME = "part-{:05d}.parquet"
@@ -44,14 +44,18 @@ def _line(exc):
 
 def write_part(table, out_dir, index, dictionary_columns=()):
     """Write one output part (snappy, statistics on, dictionary only for component ids)."""
-    path = f"{out_dir}/{PART_NAME.format(index)}"
-    pq.write_table(
-        table,
-        path,
-        compression="snappy",
-        use_dictionary=list(dictionary_columns),
-        row_group_size=max(table.num_rows, 1),
-    )
+    path = storage.join(out_dir, PART_NAME.format(index))
+    options = {
+        "compression": "snappy",
+        "use_dictionary": list(dictionary_columns),
+        "row_group_size": max(table.num_rows, 1),
+    }
+    if storage.is_remote(path):
+        fs, inner = storage.filesystem(path)
+        with fs.open(inner, "wb") as f:
+            pq.write_table(table, f, **options)
+    else:
+        pq.write_table(table, path, **options)
     return path
 
 

@@ -317,3 +317,82 @@ def test_hostile_model_file_on_the_command_line(data, tmp_path, capsys, content,
     err = capsys.readouterr().err.strip()
     assert rc != 0 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A moto S3 server on loopback; the environment points boto at it (workers inherit it)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3fs.S3FileSystem()
+    proc.terminate()
+    proc.wait(timeout=30)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_object_storage_input_and_output_match_local(data, tmp_path, s3_server):
+    fs = s3_server
+    fs.mkdir("bucket")
+    fs.put(str(data / "in") + "/", "bucket/in/", recursive=True)
+    assert (
+        run.main(
+            [
+                "--input",
+                "s3://bucket/in",
+                "--output",
+                "s3://bucket/out",
+                "--backend",
+                "cpu",
+                "--quiet",
+                "--mode",
+                "sample",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert not [p for p in fs.ls("bucket") if ".tmp-" in p]  # the temporary prefix is gone
+    assert fs.exists("bucket/out/_manifest.json")
+    assert _same(data / "clean", "s3://bucket/out")
+    assert (
+        inverse.main(["--input", "s3://bucket/out", "--output", "s3://bucket/back", "--quiet"]) == 0
+    )
+    assert compare(data / "in", "s3://bucket/back", data / "clean" / "_model.json")[
+        "mismatches"
+    ] == {"Amount": 0}
+    assert (
+        run.main(
+            [
+                "--input",
+                "s3://bucket/in",
+                "--output",
+                "s3://bucket/out",
+                "--backend",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        != 0
+    )  # exists, no --overwrite
