@@ -65,8 +65,11 @@ def _whole_job(cmd):
     return seconds
 
 
-def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2):
-    """Run (a), (b), (c) and the whole-job comparison; returns a dict of rows/s and ratios."""
+def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=0):
+    """Run (a), (b), (c) and the whole-job comparison; returns a dict of rows/s and ratios.
+
+    With ``gpus`` > 0 also (d): the GPU backend on a LocalCUDACluster, same input and model.
+    """
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
@@ -116,7 +119,19 @@ def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2):
             lambda: original_scalevgm.encode_like_original(str(inp), str(outs["original"]), bgmm)
         )
         shutil.rmtree(outs["original"])
-    rates = {k: rows / seconds[k] for k in ("io_ceiling", "original", "gpu_vgm_cpu")}
+    if gpus:
+        with dask_client("gpu", gpus=gpus) as client:
+            gpu_opts = EncodeOptions(**{**opts.__dict__, "output": str(outs["ours"])})
+            seconds["gpu_vgm_gpu"] = float("inf")
+            for _ in range(repeat + 1):  # the first run compiles the kernels on each GPU
+                t, _ = _timed(lambda: encode_job(client, gpu_opts, backend="gpu", plan=plan))
+                seconds["gpu_vgm_gpu"] = min(seconds["gpu_vgm_gpu"], t)
+                shutil.rmtree(outs["ours"])
+    rates = {
+        k: rows / seconds[k]
+        for k in ("io_ceiling", "original", "gpu_vgm_cpu", "gpu_vgm_gpu")
+        if k in seconds
+    }
     result = {
         "rows": rows,
         "workers": workers,
@@ -129,6 +144,8 @@ def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2):
         },
         "peak_rss_mb_per_worker": manifest["peak_rss_mb_per_worker"],
     }
+    if "gpu_vgm_gpu" in rates:
+        result["ratios"]["gpu_vgm_gpu / gpu_vgm_cpu"] = rates["gpu_vgm_gpu"] / rates["gpu_vgm_cpu"]
     if whole_job:
         ours = _whole_job(
             [
@@ -173,10 +190,11 @@ def main(argv=None):
     parser.add_argument("--workdir", default=None, help="keeps the generated input for reruns")
     parser.add_argument("--no-whole-job", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of (a) and (c)")
+    parser.add_argument("--gpus", type=int, default=0, help="also time the GPU backend on N GPUs")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     result = run_benchmark(
-        args.rows, args.workers, args.workdir, not args.no_whole_job, args.repeat
+        args.rows, args.workers, args.workdir, not args.no_whole_job, args.repeat, args.gpus
     )
     print(f"machine: {result['machine']}; {args.rows:,} rows, {args.workers} workers")
     for name, rate in result["rows_per_s"].items():
