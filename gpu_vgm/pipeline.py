@@ -124,6 +124,13 @@ def fit_models(client, fs, files, columns, parts, opts):
             _origin_summary(models[c]),
             models[c].sample_size_,
         )
+        if not models[c].converged_:
+            log.warning(
+                "%s: the mixture did not converge in %d iterations; encoding stays lossless, "
+                "but the components may fit the data less well (try --max-iter)",
+                c,
+                models[c].max_iter,
+            )
     return models
 
 

@@ -104,6 +104,12 @@ def build_parser():
         help="rows drawn from all files for the fit (e.g. --sample-size 200000)",
     )
     p.add_argument(
+        "--max-iter",
+        type=_int_at_least(1),
+        default=100,
+        help="scikit-learn iterations for the fit (e.g. --max-iter 500)",
+    )
+    p.add_argument(
         "--special-values",
         type=_floats,
         default=(),
@@ -161,6 +167,7 @@ def options_from_args(args):
         dtype=args.dtype,
         n_components=args.n_components,
         sample_size=args.sample_size,
+        max_iter=args.max_iter,
         special_values=args.special_values,
         learn_rounding=args.learn_rounding,
         model_in=args.model_in,

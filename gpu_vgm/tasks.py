@@ -6,6 +6,7 @@ the scheduler or the client, and memory per worker is one partition whatever the
 
 import resource
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -163,4 +164,8 @@ def column_min_max(fs, part, columns):
 
 
 def fit_column(model, sample, value_range):
-    return model.fit(sample, value_range=value_range)
+    """Fit on a worker; the client logs non-convergence (a worker's warning would show up as
+    a source line in the user's terminal)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*did not converge")
+        return model.fit(sample, value_range=value_range)

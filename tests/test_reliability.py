@@ -153,6 +153,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _transitions(dask_scheduler):
+    return dask_scheduler.transition_counter
+
+
 def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
     dask = str(Path(sys.executable).parent / "dask")
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -193,20 +197,23 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
-        rc = run.main(
-            [
-                "--input",
-                str(data / "in"),
-                "--output",
-                str(tmp_path / "out"),
-                "--quiet",
-                "--scheduler-address",
-                address,
-                "--mode",
-                "sample",
-            ]
-        )
-        assert rc == 0
+            before = client.run_on_scheduler(_transitions)
+            rc = run.main(
+                [
+                    "--input",
+                    str(data / "in"),
+                    "--output",
+                    str(tmp_path / "out"),
+                    "--quiet",
+                    "--scheduler-address",
+                    address,
+                    "--mode",
+                    "sample",
+                ]
+            )
+            assert rc == 0
+            # the external scheduler did the work (a local cluster would also have 2 workers)
+            assert client.run_on_scheduler(_transitions) - before > 30
     finally:
         for p in procs:
             p.terminate()
