@@ -353,3 +353,29 @@ def decode(z, component, params):
         out,
     )
     return out, int(n_invalid)
+
+
+def warm_up(mode="argmax"):
+    """Load the compiled encode kernel from numba's cache (0.3-0.8 s) on one row, so that the
+    first real partition does not pay for it. numba compiles read-only arrays (zero-copy
+    columns from pyarrow) apart from writable ones (columns of several chunks): both."""
+    from gpu_vgm.params import KernelParams
+
+    one, zero = np.ones(1), np.zeros(1)
+    params = KernelParams(
+        m=zero,
+        four_s=one,
+        half_p=one,
+        c=zero,
+        radius=one,
+        ids=np.zeros(1, np.int16),
+        m_all=zero,
+        four_s_all=one,
+        special=np.zeros(0),
+        special_base=1,
+        digits=-1,
+    )
+    read_only = np.zeros(1)
+    read_only.setflags(write=False)
+    for x in (read_only, np.zeros(1)):
+        encode(x, params, mode, 0, 0)

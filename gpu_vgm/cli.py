@@ -4,6 +4,7 @@ Each command module has ``build_parser()`` and ``main(argv=None) -> int`` so tes
 process; ``python -m gpu_vgm.<command>`` calls ``run_main``.
 """
 
+import gc
 import logging
 import sys
 
@@ -56,4 +57,8 @@ def run_command(parser, body, argv=None):
 
 
 def run_main(main):
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed by now: spare the exiting interpreter its final
+    # garbage collection over every module loaded (0.1-0.4 s once scikit-learn is in).
+    gc.freeze()
+    sys.exit(code)

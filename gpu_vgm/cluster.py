@@ -4,6 +4,7 @@ Nothing here schedules work by hand; every port is bound to localhost unless the
 cluster of their own with --scheduler-address.
 """
 
+import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -13,6 +14,7 @@ import tempfile
 
 import dask
 
+from gpu_vgm import worker_setup
 from gpu_vgm.errors import BackendUnavailableError
 
 log = logging.getLogger("gpu_vgm")
@@ -34,38 +36,75 @@ def _worker_environ():
 
 
 @contextlib.contextmanager
-def dask_client(backend="cpu", workers=None, gpus=None, scheduler_address=None):
+def dask_client(backend="cpu", workers=None, gpus=None, scheduler_address=None, kernels_mode=None):
     """Yield a distributed.Client for the chosen backend; closes what it started."""
-    from distributed import Client, LocalCluster
+    with dask_client_in_background(
+        backend, workers, gpus, scheduler_address, kernels_mode
+    ) as connect:
+        yield connect()
+
+
+@contextlib.contextmanager
+def dask_client_in_background(
+    backend="cpu", workers=None, gpus=None, scheduler_address=None, kernels_mode=None
+):
+    """Start the cluster in a thread and yield ``connect()``, which waits for it and returns
+    the client. Workers take about a second to start: the caller reads the fit sample
+    meanwhile. Whatever was started is closed on exit, whether or not ``connect()`` was called.
+
+    ``kernels_mode``: workers of a cluster started here load the CPU encode kernel for this
+    mode ("argmax" or "sample") as they start (``gpu_vgm.worker_setup``).
+    """
+    from distributed import Client
 
     if scheduler_address:
         with Client(scheduler_address, timeout="30s") as client:
             log.info("joined the Dask cluster at %s", scheduler_address)
-            yield client
+            yield lambda: client
         return
     local_dir = tempfile.mkdtemp(prefix="gpu_vgm-dask-")
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu_vgm-start")
+    clients = []
+
+    def connect():
+        if not clients:  # the Client is made here, in the caller's thread (it keeps context)
+            clients.append(Client(starting.result()))
+            if _dashboard_address():
+                log.info("Dask dashboard: %s", clients[0].dashboard_link)
+        return clients[0]
+
     # Held for the cluster's life, so a worker restarted after a crash gets it too.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-        if backend == "gpu":
-            cluster = _cuda_cluster(gpus or 1, local_dir)
-        else:
-            cluster = LocalCluster(
-                n_workers=workers or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                host=LOCALHOST,
-                dashboard_address=_dashboard_address(),
-                local_directory=local_dir,
-                silence_logs=logging.ERROR,
-            )
+    config = {"distributed.nanny.pre-spawn-environ": _worker_environ()}
+    with dask.config.set({**config, **worker_setup.config(kernels_mode)}):
+        starting = pool.submit(_local_cluster, backend, workers, gpus, local_dir)
+        pool.shutdown(wait=False)
         try:
-            with Client(cluster) as client:
-                if _dashboard_address():
-                    log.info("Dask dashboard: %s", client.dashboard_link)
-                yield client
+            yield connect
         finally:
-            cluster.close()
+            for client in clients:
+                client.close()
+            # A start that failed cleaned up after itself; its error reached connect() if
+            # anyone asked.
+            with contextlib.suppress(Exception):
+                starting.result().close()
             shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _local_cluster(backend, workers, gpus, local_dir):
+    from distributed import LocalCluster
+
+    if backend == "gpu":
+        return _cuda_cluster(gpus or 1, local_dir)
+    return LocalCluster(
+        n_workers=workers or os.cpu_count() or 1,
+        threads_per_worker=1,
+        processes=True,
+        host=LOCALHOST,
+        dashboard_address=_dashboard_address(),
+        local_directory=local_dir,
+        silence_logs=logging.ERROR,
+        preload=[worker_setup.__name__],
+    )
 
 
 def _cuda_cluster(gpus, local_dir):
@@ -78,7 +117,7 @@ def _cuda_cluster(gpus, local_dir):
         ) from None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = visible.split(",")[:gpus] if visible else [str(i) for i in range(gpus)]
-    options = {}
+    options = {"preload": [worker_setup.__name__]}
     if importlib.util.find_spec("rmm"):
         # One allocator for cudf and CuPy: two pools would run the GPU out of memory.
         options.update(rmm_async=True, rmm_allocator_external_lib_list=["cupy"])

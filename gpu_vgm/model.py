@@ -12,7 +12,6 @@ import os
 import warnings
 
 import numpy as np
-from scipy.special import digamma
 
 from gpu_vgm import rng, storage
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
@@ -93,6 +92,25 @@ class ScaleVGM:
         self.learn_rounding = learn_rounding
         self.max_rounding_digits = max_rounding_digits
         self.dtype = dtype
+        self._bgmm = None
+        self._sklearn_state = None
+
+    # ------------------------------------------------------------------ fitted mixture
+    # The fitted scikit-learn mixture travels as its state (JSON on disk, pickle to Dask
+    # workers) and is rebuilt on first use: importing scikit-learn takes about a second, and
+    # encoding and decoding never need it.
+    @property
+    def bgmm(self):
+        """The fitted ``BayesianGaussianMixture`` (None before fit, or when the sample had
+        fewer than two fit values)."""
+        if self._bgmm is None and self._sklearn_state is not None:
+            self._bgmm = _sklearn_from_state(self, self._sklearn_state)
+        return self._bgmm
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_bgmm"] = None
+        return state
 
     # ------------------------------------------------------------------ parameters
     def get_params(self):
@@ -134,7 +152,8 @@ class ScaleVGM:
             logit_const, half_precision = sklearn_logit_terms(bgmm)
         else:  # all missing or special, or one value: coverage alone creates components
             means = stds = weights = logit_const = half_precision = np.zeros(0)
-        self.bgmm = bgmm
+        self._bgmm = bgmm
+        self._sklearn_state = None if bgmm is None else _sklearn_state(bgmm)
         self.n_mixture_ = means.size
         active = weights > self.eps
         origin = ["mixture"] * means.size
@@ -298,7 +317,7 @@ class ScaleVGM:
             "version": FORMAT_VERSION,
             "params": params,
             "fitted": {
-                "sklearn": None if self.bgmm is None else _sklearn_state(self.bgmm),
+                "sklearn": self._sklearn_state,
                 "components": {
                     "mean": self.means_.tolist(),
                     "std": self.stds_.tolist(),
@@ -338,9 +357,7 @@ class ScaleVGM:
         model.value_range_ = tuple(fitted["value_range"])
         model.converged_ = fitted["converged"]
         model.sample_size_ = fitted["sample_size"]
-        model.bgmm = (
-            None if fitted["sklearn"] is None else _sklearn_from_state(model, fitted["sklearn"])
-        )
+        model._sklearn_state = fitted["sklearn"]
         model._build_kernel_params()
         return model
 
@@ -364,6 +381,8 @@ class ScaleVGM:
 def sklearn_logit_terms(bgmm):
     """(c, half_p) with logit_k(x) = c_k - half_p_k (x - m_k)^2, equal to sklearn's weighted
     log probabilities for a one-feature dirichlet_process BayesianGaussianMixture."""
+    from scipy.special import digamma  # imported late: workers that only encode never need it
+
     a, b = bgmm.weight_concentration_
     total = digamma(a + b)
     log_weights = digamma(a) - total + np.hstack((0.0, np.cumsum(digamma(b) - total)[:-1]))

@@ -6,9 +6,11 @@ into place only when every part, the model and the manifest are written.
 """
 
 import logging
+import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -47,22 +49,15 @@ class EncodeOptions:
 
 
 def _versions():
-    import dask
-    import numba
-    import pyarrow
-    import sklearn
+    # From package metadata: importing scikit-learn only to name its version costs a second.
+    from importlib.metadata import version
 
     from gpu_vgm import __version__
 
-    return {
-        "gpu_vgm": __version__,
-        "python": platform.python_version(),
-        "dask": dask.__version__,
-        "numpy": np.__version__,
-        "pyarrow": pyarrow.__version__,
-        "numba": numba.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
+    versions = {"gpu_vgm": __version__, "python": platform.python_version()}
+    for name in ("dask", "numpy", "pyarrow", "numba", "scikit-learn"):
+        versions[name] = version(name)
+    return versions
 
 
 def plan_encode(opts):
@@ -77,9 +72,30 @@ def plan_encode(opts):
     return fs, files, columns, parts
 
 
-def fit_models(client, fs, files, columns, parts, opts):
-    """One ScaleVGM per column, fitted on a sample drawn uniformly from every file."""
+def read_fit_sample(fs, files, columns, opts):
+    """``{column: float64 sample}`` drawn uniformly from every file (up to 64 row groups).
+
+    Read here in the client, with threads (pyarrow releases the GIL), so ``run`` can do it
+    while the cluster starts.
+    """
     seed = 42 if opts.seed is None else opts.seed
+    plan = inputs.sample_plan(files, opts.sample_size, seed)
+
+    def read(draw):
+        path, row_group, count = plan[draw]
+        return tasks.read_sample(fs, path, row_group, count, columns, seed, draw)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        pieces = list(pool.map(read, range(len(plan))))
+    return {c: np.concatenate([p[c] for p in pieces]) if pieces else np.zeros(0) for c in columns}
+
+
+def fit_models(client, fs, files, columns, parts, opts, sample=None):
+    """One ScaleVGM per column (one Dask task each), fitted on a sample drawn uniformly from
+    every file (``sample``: ``read_fit_sample``'s result when the caller read it already)."""
+    seed = 42 if opts.seed is None else opts.seed
+    if sample is None:
+        sample = read_fit_sample(fs, files, columns, opts)
     ranges = inputs.column_ranges(fs, files, columns)
     missing = [c for c in columns if ranges[c] is None]
     if missing and parts:
@@ -93,16 +109,9 @@ def fit_models(client, fs, files, columns, parts, opts):
                 if r is not None:
                     lo, hi = ranges[c] or r
                     ranges[c] = (min(lo, r[0]), max(hi, r[1]))
-    plan = inputs.sample_plan(files, opts.sample_size, seed)
-    futures = [
-        client.submit(tasks.read_sample, fs, path, rg, n, columns, seed, i, pure=False)
-        for i, (path, rg, n) in enumerate(plan)
-    ]
-    pieces = client.gather(futures)
     models = {}
     fit_futures = {}
     for c in columns:
-        sample = np.concatenate([p[c] for p in pieces]) if pieces else np.zeros(0)
         model = ScaleVGM(
             n_components=opts.n_components,
             random_state=seed,
@@ -114,7 +123,7 @@ def fit_models(client, fs, files, columns, parts, opts):
             learn_rounding=opts.learn_rounding,
             dtype=opts.dtype or "float64",
         )
-        fit_futures[c] = client.submit(tasks.fit_column, model, sample, ranges[c], pure=False)
+        fit_futures[c] = client.submit(tasks.fit_column, model, sample[c], ranges[c], pure=False)
     for c in columns:
         models[c] = fit_futures[c].result()
         log.info(
@@ -160,11 +169,14 @@ def load_for_encode(opts, columns):
     return chosen
 
 
-def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, plan=None):
+def encode_job(
+    client, opts, backend="cpu", progress=None, column_encoder=None, plan=None, sample=None
+):
     """Run the whole encode job; returns the manifest (also written to the output).
 
     ``plan`` is ``plan_encode(opts)`` when the caller already made it (to fail on bad input
-    before starting a cluster).
+    before starting a cluster), ``sample`` is ``read_fit_sample``'s result when the caller
+    read it while the cluster started (used only when fitting).
     """
     t_start = time.perf_counter()
     storage.check_output(opts.output, opts.overwrite)
@@ -197,7 +209,7 @@ def encode_job(client, opts, backend="cpu", progress=None, column_encoder=None, 
         elif opts.model_in:
             models = load_for_encode(opts, columns)
         else:
-            models = fit_models(client, fs, files, columns, parts, opts)
+            models = fit_models(client, fs, files, columns, parts, opts, sample)
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
         if opts.model_out:

@@ -43,12 +43,15 @@ def _line(exc):
     return lines[0] if lines else type(exc).__name__
 
 
-def write_part(table, out_dir, index, dictionary_columns=()):
-    """Write one output part (snappy, statistics on, dictionary only for component ids)."""
+def write_part(table, out_dir, index, plain_columns=()):
+    """Write one output part: snappy, statistics on, dictionary encoding (pyarrow's default,
+    which falls back to plain by itself) except for ``plain_columns``: normalized values are
+    all distinct, so a dictionary would only cost time. Input columns keep their dictionary:
+    18% fewer bytes for cents, and a billion-row run is bound by the disk's write speed."""
     path = storage.join(out_dir, PART_NAME.format(index))
     options = {
         "compression": "snappy",
-        "use_dictionary": list(dictionary_columns),
+        "use_dictionary": [c for c in table.column_names if c not in set(plain_columns)],
         "row_group_size": max(table.num_rows, 1),
     }
     if storage.is_remote(path):
@@ -93,7 +96,7 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
         )
         out_of_coverage[column] = int(n_out)
     t_encode = time.perf_counter()
-    write_part(table, out_dir, part.index, [schema.component_name(c) for c in models])
+    write_part(table, out_dir, part.index, [schema.normalized_name(c) for c in models])
     t_write = time.perf_counter()
     return {
         "index": part.index,

@@ -292,3 +292,34 @@ def test_nan_in_model_file_is_rejected(tmp_path):
     path.write_text(path.read_text().replace('"mean": [', '"mean": [NaN, ', 1))
     with pytest.raises(ModelFileError):
         ScaleVGM.load(path)
+
+
+def test_fitted_model_travels_without_scikit_learn(tmp_path):
+    """Workers that only encode never import scikit-learn (a second each): the pickled model
+    carries the mixture's state, and ``.bgmm`` is rebuilt on first use."""
+    import pickle
+    import subprocess
+    import sys
+
+    x = amounts(20_000)
+    model = ScaleVGM(max_iter=20, random_state=5, learn_rounding=True).fit(x)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "x.npy", x)
+    expected = model.bgmm.predict(x[:1000, None])
+    np.save(tmp_path / "expected.npy", expected)
+    code = f"""
+import pickle, sys
+import numpy as np
+from cpu_fallback import kernels
+model = pickle.loads(open({str(tmp_path / "model.pkl")!r}, "rb").read())
+x = np.load({str(tmp_path / "x.npy")!r})
+z, comp, n_out = model.encode(x, backend=kernels)
+assert np.array_equal(model.inverse_transform(z, comp), x)
+assert "sklearn" not in sys.modules, "encoding imported scikit-learn"
+expected = np.load({str(tmp_path / "expected.npy")!r})
+assert np.array_equal(model.bgmm.predict(x[:1000, None]), expected)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

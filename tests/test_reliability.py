@@ -153,8 +153,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _transitions(dask_scheduler):
-    return dask_scheduler.transition_counter
+def _task_prefixes(dask_scheduler):
+    return set(dask_scheduler.task_prefixes)
 
 
 def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
@@ -197,7 +197,7 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
-            before = client.run_on_scheduler(_transitions)
+            assert not {"fit_column", "encode_partition"} & client.run_on_scheduler(_task_prefixes)
             rc = run.main(
                 [
                     "--input",
@@ -213,7 +213,7 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
             )
             assert rc == 0
             # the external scheduler did the work (a local cluster would also have 2 workers)
-            assert client.run_on_scheduler(_transitions) - before > 30
+            assert {"fit_column", "encode_partition"} <= client.run_on_scheduler(_task_prefixes)
     finally:
         for p in procs:
             p.terminate()
@@ -228,6 +228,55 @@ def test_local_cluster_binds_to_localhost():
         info = client.scheduler_info()
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert all(w.startswith("tcp://127.0.0.1:") for w in info["workers"])
+
+
+def _warm_state():
+    import sys
+
+    kernel = getattr(sys.modules.get("cpu_fallback.kernels"), "_encode_argmax", None)
+    return {
+        "argmax_signatures": len(kernel.signatures) if kernel else 0,
+        "sklearn": "sklearn" in sys.modules,
+    }
+
+
+def test_workers_of_a_local_cluster_warm_the_kernels_as_they_start():
+    with dask_client("cpu", workers=2, kernels_mode="argmax") as client:
+        deadline = time.monotonic() + 60
+        while True:
+            states = list(client.run(_warm_state).values())
+            if all(s["argmax_signatures"] == 2 for s in states) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    # both numba specializations (read-only and writable input), before any task ran
+    assert [s["argmax_signatures"] for s in states] == [2, 2]
+    assert not any(s["sklearn"] for s in states)
+    with dask_client("cpu", workers=1) as client:  # no mode: nothing is loaded
+        time.sleep(1)
+        assert [s["argmax_signatures"] for s in client.run(_warm_state).values()] == [0]
+
+
+def _worker_processes():
+    import psutil
+
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in p.cmdline()
+    ]
+
+
+def test_cluster_started_in_background_is_closed_when_the_caller_fails_first():
+    from gpu_vgm.cluster import dask_client_in_background
+
+    before = {p.pid for p in _worker_processes()}
+    with pytest.raises(ValueError, match="bad sample"):
+        with dask_client_in_background("cpu", workers=2):
+            raise ValueError("bad sample")  # connect() never called
+    deadline = time.monotonic() + 30
+    while {p.pid for p in _worker_processes()} - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not {p.pid for p in _worker_processes()} - before
 
 
 # ----------------------------------------------------------------------------- hostile input

@@ -36,6 +36,11 @@ def heavy_tailed(n, rng):
 
 
 @pytest.fixture(scope="session")
+def make_heavy_tailed():
+    return heavy_tailed
+
+
+@pytest.fixture(scope="session")
 def column():
     """(x, sample, value_range, n_inf): N_ROWS values with extremes; the fit sample and range.
 
