@@ -10,19 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="no CuPy: GPU tests need an NVIDIA GPU with CuPy")
+pytest.importorskip("cupy", reason="no CuPy: GPU tests need an NVIDIA GPU with CuPy")
 pytest.importorskip("dask_cuda", reason="no dask-cuda: the GPU pipeline needs a LocalCUDACluster")
 
+from gpu_vgm.backends import gpu_unavailable_reason
 
-def _device_count():
-    try:
-        return cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # no driver, no device, a broken CUDA install: all mean "no GPU"
-        return 0
-
-
-if _device_count() == 0:
-    pytest.skip("no CUDA device: GPU tests need an NVIDIA GPU", allow_module_level=True)
+_REASON = gpu_unavailable_reason()  # what would make `run --backend gpu` refuse
+if _REASON:
+    pytest.skip(f"no usable GPU: {_REASON}", allow_module_level=True)
 
 from gpu_vgm import inverse, run  # noqa: E402
 from gpu_vgm.compare import compare  # noqa: E402
