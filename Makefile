@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ROWS   ?= 10000000
-DEMO   := data/demo
+DEMO   ?= data/demo
 
 .PHONY: demo test lint bench-kernels bench-pipeline clean
 
@@ -23,6 +23,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
+	mkdir -p $(DEMO)
 	$(PY) -m gpu_vgm.generate --rows $(ROWS) --output $(DEMO)/input --overwrite
 	$(PY) -m gpu_vgm.run --input $(DEMO)/input --output $(DEMO)/encoded --overwrite \
 		--special-values 0 --learn-rounding

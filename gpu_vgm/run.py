@@ -229,11 +229,13 @@ def _run(args):
     total = time.perf_counter() - t_start  # what the user waited: cluster start included
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
     log.info(
-        "encoded %d rows in %.1f s (%.2f M rows/s, %s backend, %d workers); "
-        "%d rows out of coverage; output: %s",
+        "encoded %d rows in %.1f s (%.2f M rows/s; fit %.1f s, encode %.1f s; %s backend, "
+        "%d workers); %d rows out of coverage; output: %s",
         manifest["rows"],
         total,
         manifest["rows"] / max(total, 1e-9) / 1e6,
+        manifest["timings"]["plan_and_fit"],
+        manifest["timings"]["encode"],
         backend,
         manifest["workers"],
         ooc,

@@ -319,3 +319,21 @@ def test_compose_cpu_service_has_no_gpu(services):
     assert _devices(cpu) is None
     assert "gpus" not in cpu and cpu.get("runtime") != "nvidia"
     assert "cpu" in cpu["command"][cpu["command"].index("--backend") + 1]
+
+
+@pytest.mark.skipif(
+    not (REPO / ".venv" / ".installed").exists() or shutil.which("make") is None,
+    reason="needs make and the .venv that `make test` sets up (CI has both)",
+)
+def test_make_demo_runs_where_its_folder_does_not_exist(tmp_path):
+    """The README's quickstart: `make demo` on a fresh checkout, where data/demo is missing."""
+    demo = tmp_path / "fresh" / "demo"
+    proc = subprocess.run(
+        ["make", "-C", str(REPO), "demo", "ROWS=100000", f"DEMO={demo}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in demo.iterdir()) == ["decoded", "encoded", "input", "report"]
+    assert (demo / "encoded" / "_manifest.json").exists()
