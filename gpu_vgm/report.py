@@ -134,7 +134,7 @@ def plot_column(column, model, values, usage, path):
     ax1.legend()
     ids = np.arange(-1, usage.size - 1)
     ax2.bar(ids, usage, color="#47a")
-    ax2.set_title(f"{column}: rows per component (-1 = missing)")
+    ax2.set_title(f"{column}: rows per component (-1 = NaN, -2 = null)")
     ax2.set_xlabel("component id")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

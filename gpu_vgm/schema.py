@@ -1,8 +1,8 @@
 """The output schema, in one place: names, types and how columns move between Arrow and NumPy.
 
 An encoded file holds the input columns, then for each encoded column ``<col>_normalized``
-(float64, or float32 with --dtype float32) and ``<col>_component`` (int16, -1 = missing).
-No dots in names: Spark and SQL users would have to quote them.
+(float64, or float32 with --dtype float32) and ``<col>_component`` (int16; -1 = NaN, -2 = null,
+both with normalized 0). No dots in names: Spark and SQL users would have to quote them.
 """
 
 import decimal
@@ -15,6 +15,9 @@ import pyarrow.compute as pc
 from gpu_vgm.errors import InputError
 
 COMPONENT_TYPE = pa.int16()
+# The kernels give NaN component -1; a null input gets its own id so that inverse restores a
+# null, not a NaN (Spark and SQL tell them apart).
+NULL_COMPONENT = -2
 
 
 def normalized_name(column):
@@ -49,6 +52,13 @@ def check_no_clash(input_schema, columns, source):
             raise InputError(f"{source}: column {f.name!r} already exists; rename it first")
 
 
+def null_mask(array):
+    """Where an Arrow column is null, as a NumPy bool array (None when it has no nulls)."""
+    if not array.null_count:
+        return None
+    return array.is_null().to_numpy(zero_copy_only=False)
+
+
 def to_float64(array, column, source):
     """An Arrow column as a float64 NumPy array; nulls become NaN."""
     if isinstance(array, pa.ChunkedArray):
@@ -66,25 +76,36 @@ def to_float64(array, column, source):
     return array.to_numpy(zero_copy_only=False)
 
 
-def encoded_columns(z, component):
-    """Arrow arrays for one encoded column (NaN stays NaN: from_pandas semantics are off)."""
+def encoded_columns(z, component, nulls=None):
+    """Arrow arrays for one encoded column; rows where ``nulls`` is set get NULL_COMPONENT
+    (the kernels encoded them as NaN: component -1, z = 0)."""
+    if nulls is not None:
+        component[nulls] = NULL_COMPONENT
     return pa.array(z), pa.array(component, type=COMPONENT_TYPE)
 
 
-def restore(values, original_type):
+def split_nulls(component):
+    """(components with nulls turned back into the kernels' NaN id -1, where they were null)."""
+    nulls = component == NULL_COMPONENT
+    if not nulls.any():
+        return component, None
+    return np.where(nulls, -1, component).astype(component.dtype), nulls
+
+
+def restore(values, original_type, nulls=None):
     """Decoded float64 values as an Arrow array of the column's original type.
 
     Integers and decimals are rounded first (their decoding error is far below 0.5 units);
-    NaN becomes null for types that have no NaN.
+    rows in ``nulls`` become null, and so does NaN for types that have no NaN.
     """
     t = original_type
     if pa.types.is_dictionary(t):
         t = t.value_type
-    missing = np.isnan(values)
-    if pa.types.is_float64(t):
-        return pa.array(values, type=pa.float64())
+    missing = np.isnan(values) if nulls is None else np.isnan(values) | nulls
     if pa.types.is_floating(t):
-        return pa.array(values.astype(t.to_pandas_dtype()), type=t)
+        if not pa.types.is_float64(t):
+            values = values.astype(t.to_pandas_dtype())
+        return pa.array(values, type=t, mask=nulls)
     if pa.types.is_integer(t):
         ints = np.rint(np.where(missing, 0, values)).astype(t.to_pandas_dtype())
         return pa.array(ints, type=t, mask=missing if missing.any() else None)

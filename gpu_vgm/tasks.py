@@ -87,7 +87,7 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
             z, comp, n_out = column_encoder(model, x, part.row_offset)
         except VGMError as exc:
             raise InputError(f"{part.path}: {exc}") from None
-        z_arr, comp_arr = schema.encoded_columns(z, comp)
+        z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(table.column(column)))
         table = table.append_column(
             pa.field(schema.normalized_name(column), z_arr.type, False), z_arr
         )
@@ -125,12 +125,12 @@ def decode_part(fs, path, index, models, column_types, out_dir):
         if z_name not in table.column_names or c_name not in table.column_names:
             raise InputError(f"{path}: {z_name!r} or {c_name!r} missing; not a gpu_vgm output?")
         z = table.column(z_name).to_numpy()
-        comp = table.column(c_name).to_numpy()
+        comp, nulls = schema.split_nulls(table.column(c_name).to_numpy())
         try:
             values = model.inverse_transform(z, comp)
         except VGMError as exc:
             raise InputError(f"{path}: {exc}") from None
-        restored = schema.restore(values, column_types[column])
+        restored = schema.restore(values, column_types[column], nulls)
         field = pa.field(column, restored.type)
         if column in table.column_names:
             table = table.set_column(table.schema.get_field_index(column), field, restored)

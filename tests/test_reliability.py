@@ -303,6 +303,25 @@ def _roundtrip(inp, tmp_path, *extra):
     return pq.read_table(back)
 
 
+def test_null_and_nan_in_a_float_column_come_back_apart(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    g = np.random.default_rng(4)
+    x = np.rint(g.lognormal(3, 1, 30_000) * 100) / 100
+    x[g.random(x.size) < 0.05] = np.nan
+    nulls = g.random(x.size) < 0.05
+    pq.write_table(pa.table({"Amount": pa.array(x, mask=nulls)}), inp / "a.parquet")
+    back = _roundtrip(inp, tmp_path, "--learn-rounding")
+    components = pq.read_table(tmp_path / "enc").column("Amount_component").to_numpy()
+    nan = np.isnan(x) & ~nulls
+    assert np.array_equal(components == -2, nulls) and np.array_equal(components == -1, nan)
+    restored = back.column("Amount")
+    assert np.array_equal(restored.is_null().to_numpy(zero_copy_only=False), nulls)
+    values = restored.to_numpy(zero_copy_only=False)
+    assert np.array_equal(np.isnan(values) & ~nulls, nan)
+    assert np.array_equal(values[~nulls & ~nan], x[~nulls & ~nan])
+
+
 def test_decimal_and_dictionary_columns_roundtrip(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
