@@ -24,39 +24,62 @@ log = logging.getLogger("gpu_vgm")
 HIST_SAMPLE = 2_000_000  # rows kept for the histogram (a uniform-stride subset)
 
 
-def _stream_stats(url, columns):
-    """One streaming pass: count, missing, moments, min/max, a strided sample per column."""
-    acc = {
-        c: {
-            "count": 0,
-            "missing": 0,
-            "sum": 0.0,
-            "sumsq": 0.0,
-            "min": np.inf,
-            "max": -np.inf,
-            "sample": [],
-        }
-        for c in columns
-    }
-    for batch in iter_batches(url, columns):
+FIRST_ID = schema.NULL_COMPONENT  # the lowest component id: usage[i] counts id FIRST_ID + i
+
+
+def _describe_accumulators(columns):
+    empty = {"count": 0, "missing": 0, "sum": 0.0, "sumsq": 0.0, "min": np.inf, "max": -np.inf}
+    return {c: {**empty, "sample": []} for c in columns}
+
+
+def _add_to_describe(a, x):
+    finite = x[np.isfinite(x)]
+    a["missing"] += int(np.isnan(x).sum())
+    a["count"] += x.size
+    if finite.size:
+        a["sum"] += float(finite.sum())
+        a["sumsq"] += float(np.square(finite).sum())
+        a["min"] = min(a["min"], float(finite.min()))
+        a["max"] = max(a["max"], float(finite.max()))
+        a["sample"].append(finite[:: max(1, finite.size // 20_000)])
+
+
+def _add_to_fit(usage, err, model, x, z, comp):
+    usage += np.bincount(comp - FIRST_ID, minlength=usage.size)[: usage.size]
+    comp, _ = schema.split_nulls(comp)
+    back = model.inverse_transform(z, comp)
+    ok = ~np.isnan(x)
+    d = np.abs(back[ok] - x[ok])
+    if d.size:
+        err["max_abs"] = max(err["max_abs"], float(d.max()))
+        err["bit_exact"] += int(np.count_nonzero(d == 0))
+    err["rows_checked"] += int(ok.sum())
+
+
+def scan(url, columns, models):
+    """One streaming pass over the data: describe() of ``columns`` and, for each column in
+    ``models``, rows per component id (``usage[c][i]``: id FIRST_ID + i) and roundtrip error
+    (decode of the encoded columns against the kept input column)."""
+    acc = _describe_accumulators(columns)
+    usage = {c: np.zeros(m.kernel_params_.n_ids - FIRST_ID, np.int64) for c, m in models.items()}
+    err = {c: {"max_abs": 0.0, "bit_exact": 0, "rows_checked": 0} for c in models}
+    names = list(columns)
+    for c in models:
+        names += [schema.normalized_name(c), schema.component_name(c)]
+    for batch in iter_batches(url, names):
         for c in columns:
-            a = acc[c]
             x = schema.to_float64(batch.column(c), c, url)
-            finite = x[np.isfinite(x)]
-            a["missing"] += int(np.isnan(x).sum())
-            a["count"] += x.size
-            if finite.size:
-                a["sum"] += float(finite.sum())
-                a["sumsq"] += float(np.square(finite).sum())
-                a["min"] = min(a["min"], float(finite.min()))
-                a["max"] = max(a["max"], float(finite.max()))
-                a["sample"].append(finite[:: max(1, finite.size // 20_000)])
-    return acc
+            _add_to_describe(acc[c], x)
+            if c in models:
+                z = batch.column(schema.normalized_name(c)).to_numpy()
+                comp = batch.column(schema.component_name(c)).to_numpy()
+                _add_to_fit(usage[c], err[c], models[c], x, z, comp)
+    return _describe(acc), usage, err
 
 
-def describe(url, columns):
-    acc = _stream_stats(url, columns)
-    out = {}
+def _describe(acc):
+    """(describe() per column, the strided sample kept for each histogram)."""
+    out, samples = {}, {}
     for c, a in acc.items():
         n = a["count"] - a["missing"]
         mean = a["sum"] / n if n else float("nan")
@@ -74,31 +97,8 @@ def describe(url, columns):
             "75%": float(q[2]),
             "max": a["max"],
         }
-    return out, {
-        c: np.concatenate(a["sample"]) if a["sample"] else np.zeros(0) for c, a in acc.items()
-    }
-
-
-def fit_report(url, models, out_dir):
-    """Component usage and roundtrip error per encoded column, and one PNG each."""
-    usage = {c: np.zeros(m.kernel_params_.n_ids + 1, np.int64) for c, m in models.items()}
-    err = {c: {"max_abs": 0.0, "bit_exact": 0, "rows_checked": 0} for c in models}
-    names = []
-    for c in models:
-        names += [c, schema.normalized_name(c), schema.component_name(c)]
-    for batch in iter_batches(url, names):
-        for c, m in models.items():
-            comp = batch.column(schema.component_name(c)).to_numpy()
-            usage[c] += np.bincount(comp + 1, minlength=usage[c].size)[: usage[c].size]
-            x = schema.to_float64(batch.column(c), c, url)
-            back = m.inverse_transform(batch.column(schema.normalized_name(c)).to_numpy(), comp)
-            ok = ~np.isnan(x)
-            d = np.abs(back[ok] - x[ok])
-            if d.size:
-                err[c]["max_abs"] = max(err[c]["max_abs"], float(d.max()))
-                err[c]["bit_exact"] += int(np.count_nonzero(d == 0))
-            err[c]["rows_checked"] += int(ok.sum())
-    return usage, err
+        samples[c] = sample
+    return out, samples
 
 
 def plot_column(column, model, values, usage, path):
@@ -132,7 +132,7 @@ def plot_column(column, model, values, usage, path):
     ax1.set_ylim(bottom=max(total[total > 0].min(initial=1e-12), 1e-12))
     ax1.set_title(f"{column}: histogram and fitted mixture (shaded: |z| <= 0.99 bands)")
     ax1.legend()
-    ids = np.arange(-1, usage.size - 1)
+    ids = np.arange(FIRST_ID, FIRST_ID + usage.size)
     ax2.bar(ids, usage, color="#47a")
     ax2.set_title(f"{column}: rows per component (-1 = NaN, -2 = null)")
     ax2.set_xlabel("component id")
@@ -152,7 +152,13 @@ def _run(args):
         for f in files[0].schema
         if inputs.is_encodable_type(f.type) and not f.name.endswith(("_normalized", "_component"))
     ]
-    stats, samples = describe(args.input, numeric)
+    models = {}
+    model_path = Path(args.input) / "_model.json"
+    if model_path.exists():
+        models = {c: m for c, m in load_models(model_path).items() if c in numeric}
+        if not models:
+            raise InputError(f"{args.input}: the encoded columns are not in the data")
+    (stats, samples), usage, err = scan(args.input, numeric, models)
     print(f"{sum(f.num_rows for f in files)} rows in {len(files)} files ({args.input})")
     for c, s in stats.items():
         print(
@@ -162,19 +168,13 @@ def _run(args):
             )
         )
     report = {"describe": stats}
-    model_path = Path(args.input) / "_model.json"
-    if model_path.exists():
-        models = load_models(model_path)
-        models = {c: m for c, m in models.items() if c in numeric}
-        if not models:
-            raise InputError(f"{args.input}: the encoded columns are not in the data")
-        usage, err = fit_report(args.input, models, args.output)
+    if models:
         out = Path(args.output or Path(args.input) / "_report")
         out.mkdir(parents=True, exist_ok=True)
         for c, m in models.items():
             png = out / f"{c}_fit.png"
             plot_column(c, m, samples[c], usage[c], png)
-            used = {int(k) - 1: int(n) for k, n in enumerate(usage[c]) if n}
+            used = {int(k) + FIRST_ID: int(n) for k, n in enumerate(usage[c]) if n}
             print(f"{c}: {int(m.active_.sum())} active components; rows per component {used}")
             print(
                 f"{c}: roundtrip max |error| {err[c]['max_abs']:.3g} "
@@ -182,7 +182,7 @@ def _run(args):
             )
             print(f"{c}: plot {png}")
         report["components"] = {
-            c: {int(k) - 1: int(n) for k, n in enumerate(u) if n} for c, u in usage.items()
+            c: {int(k) + FIRST_ID: int(n) for k, n in enumerate(u) if n} for c, u in usage.items()
         }
         report["roundtrip"] = err
         (out / "report.json").write_text(json.dumps(report, indent=1))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_vgm import generate, inverse, run, tasks
+from gpu_vgm import generate, inverse, report, run, tasks
 from gpu_vgm.cluster import dask_client
 from gpu_vgm.compare import compare
 from gpu_vgm.pipeline import EncodeOptions, encode_job
@@ -303,7 +303,7 @@ def _roundtrip(inp, tmp_path, *extra):
     return pq.read_table(back)
 
 
-def test_null_and_nan_in_a_float_column_come_back_apart(tmp_path):
+def test_null_and_nan_in_a_float_column_come_back_apart(tmp_path, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     g = np.random.default_rng(4)
@@ -320,6 +320,14 @@ def test_null_and_nan_in_a_float_column_come_back_apart(tmp_path):
     values = restored.to_numpy(zero_copy_only=False)
     assert np.array_equal(np.isnan(values) & ~nulls, nan)
     assert np.array_equal(values[~nulls & ~nan], x[~nulls & ~nan])
+    # and the report counts them apart, in one pass over the encoded data
+    assert report.main(["--input", str(tmp_path / "enc"), "--output", str(tmp_path / "rep")]) == 0
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())
+    used = summary["components"]["Amount"]
+    assert (used["-2"], used["-1"]) == (nulls.sum(), nan.sum())
+    assert sum(used.values()) == x.size
+    assert summary["describe"]["Amount"]["missing"] == (nulls | nan).sum()
+    assert summary["roundtrip"]["Amount"]["bit_exact"] == (~nulls & ~nan).sum()
 
 
 def test_decimal_and_dictionary_columns_roundtrip(tmp_path):
