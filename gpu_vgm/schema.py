@@ -80,7 +80,7 @@ def encoded_columns(z, component, nulls=None):
     """Arrow arrays for one encoded column; rows where ``nulls`` is set get NULL_COMPONENT
     (the kernels encoded them as NaN: component -1, z = 0)."""
     if nulls is not None:
-        component[nulls] = NULL_COMPONENT
+        component = np.where(nulls, NULL_COMPONENT, component).astype(component.dtype)
     return pa.array(z), pa.array(component, type=COMPONENT_TYPE)
 
 
