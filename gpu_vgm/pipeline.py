@@ -72,13 +72,17 @@ def plan_encode(opts):
     return fs, files, columns, parts
 
 
+def _seed(opts):
+    return 42 if opts.seed is None else opts.seed
+
+
 def read_fit_sample(fs, files, columns, opts):
     """``{column: float64 sample}`` drawn uniformly from every file (up to 64 row groups).
 
     Read here in the client, with threads (pyarrow releases the GIL), so ``run`` can do it
     while the cluster starts.
     """
-    seed = 42 if opts.seed is None else opts.seed
+    seed = _seed(opts)
     plan = inputs.sample_plan(files, opts.sample_size, seed)
 
     def read(draw):
@@ -93,7 +97,7 @@ def read_fit_sample(fs, files, columns, opts):
 def fit_models(client, fs, files, columns, parts, opts, sample=None):
     """One ScaleVGM per column (one Dask task each), fitted on a sample drawn uniformly from
     every file (``sample``: ``read_fit_sample``'s result when the caller read it already)."""
-    seed = 42 if opts.seed is None else opts.seed
+    seed = _seed(opts)
     if sample is None:
         sample = read_fit_sample(fs, files, columns, opts)
     ranges = inputs.column_ranges(fs, files, columns)

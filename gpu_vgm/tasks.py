@@ -82,12 +82,13 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
     t_read = time.perf_counter()
     out_of_coverage = {}
     for column, model in models.items():
-        x = schema.to_float64(table.column(column), column, part.path)
+        values = table.column(column)
+        x = schema.to_float64(values, column, part.path)
         try:
             z, comp, n_out = column_encoder(model, x, part.row_offset)
         except VGMError as exc:
             raise InputError(f"{part.path}: {exc}") from None
-        z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(table.column(column)))
+        z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(values))
         table = table.append_column(
             pa.field(schema.normalized_name(column), z_arr.type, False), z_arr
         )

@@ -438,24 +438,12 @@ def test_object_storage_input_and_output_match_local(data, tmp_path, s3_server):
     fs = s3_server
     fs.mkdir("bucket")
     fs.put(str(data / "in") + "/", "bucket/in/", recursive=True)
-    assert (
-        run.main(
-            [
-                "--input",
-                "s3://bucket/in",
-                "--output",
-                "s3://bucket/out",
-                "--backend",
-                "cpu",
-                "--quiet",
-                "--mode",
-                "sample",
-                "--workers",
-                "2",
-            ]
-        )
-        == 0
-    )
+
+    def encode(*extra):
+        args = ["--input", "s3://bucket/in", "--output", "s3://bucket/out", "--backend", "cpu"]
+        return run.main([*args, "--quiet", *extra])
+
+    assert encode("--mode", "sample", "--workers", "2") == 0
     assert not [p for p in fs.ls("bucket") if ".tmp-" in p]  # the temporary prefix is gone
     assert fs.exists("bucket/out/_manifest.json")
     assert _same(data / "clean", "s3://bucket/out")
@@ -465,17 +453,4 @@ def test_object_storage_input_and_output_match_local(data, tmp_path, s3_server):
     assert compare(data / "in", "s3://bucket/back", data / "clean" / "_model.json")[
         "mismatches"
     ] == {"Amount": 0}
-    assert (
-        run.main(
-            [
-                "--input",
-                "s3://bucket/in",
-                "--output",
-                "s3://bucket/out",
-                "--backend",
-                "cpu",
-                "--quiet",
-            ]
-        )
-        != 0
-    )  # exists, no --overwrite
+    assert encode() != 0  # exists, no --overwrite
