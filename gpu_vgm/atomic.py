@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from gpu_vgm.errors import OutputError
@@ -18,7 +19,13 @@ from gpu_vgm.errors import OutputError
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        # A worker still finishing a task of a failed job may create a part while rmtree runs
+        # (its final rmdir then fails): go again until the directory is gone.
+        for _ in range(50):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.1)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -30,7 +37,10 @@ def _sibling(path: Path, tag: str) -> Path:
 
 def check_output(path, overwrite: bool = False) -> Path:
     """Raise OutputError unless ``path`` can be created (or replaced, with ``overwrite``)."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to build a sibling from
+    cwd = Path.cwd()
+    if path == cwd or path in cwd.parents:
+        raise OutputError(f"{path} holds the current directory; choose an output outside it")
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise OutputError(f"{path} exists; pass --overwrite to replace it")

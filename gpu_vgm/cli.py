@@ -4,6 +4,7 @@ Each command module has ``build_parser()`` and ``main(argv=None) -> int`` so tes
 process; ``python -m gpu_vgm.<command>`` calls ``run_main``.
 """
 
+import argparse
 import gc
 import logging
 import sys
@@ -11,6 +12,23 @@ import sys
 from gpu_vgm.errors import VGMError
 
 log = logging.getLogger("gpu_vgm")
+
+
+def int_at_least(minimum, maximum=None):
+    """argparse type: an integer in [minimum, maximum]."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
 
 
 def add_verbosity(parser):
@@ -51,6 +69,12 @@ def guarded(body, args, prog):
 
 def run_command(parser, body, argv=None):
     """Parse ``argv``, set up logging and run ``body(args)`` guarded: every command's main."""
+
+    def one_line_error(message):  # argparse would print the whole usage first
+        print(f"{parser.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = one_line_error
     args = parser.parse_args(argv)
     setup_logging(args)
     return guarded(body, args, parser.prog)

@@ -58,7 +58,13 @@ def dask_client_in_background(
     from distributed import Client
 
     if scheduler_address:
-        with Client(scheduler_address, timeout="30s") as client:
+        try:
+            client = Client(scheduler_address, timeout="30s")
+        except (OSError, ValueError) as exc:  # refused, timed out, or not an address
+            raise BackendUnavailableError(
+                f"--scheduler-address {scheduler_address}: cannot connect ({exc})"
+            ) from None
+        with client:
             log.info("joined the Dask cluster at %s", scheduler_address)
             yield lambda: client
         return
@@ -90,6 +96,12 @@ def dask_client_in_background(
             shutil.rmtree(local_dir, ignore_errors=True)
 
 
+def _worker_log_level():
+    """Workers log a failed task with its traceback; the client reports it in one line
+    anyway, so their logs show only with --verbose."""
+    return logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
+
+
 def _local_cluster(backend, workers, gpus, local_dir):
     from distributed import LocalCluster
 
@@ -102,7 +114,7 @@ def _local_cluster(backend, workers, gpus, local_dir):
         host=LOCALHOST,
         dashboard_address=_dashboard_address(),
         local_directory=local_dir,
-        silence_logs=logging.ERROR,
+        silence_logs=_worker_log_level(),
         preload=[worker_setup.__name__],
     )
 
@@ -129,6 +141,6 @@ def _cuda_cluster(gpus, local_dir):
         host=LOCALHOST,
         dashboard_address=_dashboard_address(),
         local_directory=local_dir,
-        silence_logs=logging.ERROR,
+        silence_logs=_worker_log_level(),
         **options,
     )

@@ -1,9 +1,10 @@
 """``python -m gpu_vgm.compare A B``: are two Parquet datasets equal, row by row?
 
 Streams both in order (any file and row-group layout), so it checks a billion rows in bounded
-memory. Float columns compare exactly by default (NaN equals NaN, null equals NaN);
-``--model M`` allows DESIGN.md's decoding contract instead: 4 ulp of max(|x|, |m_k|, 4 s_k),
-taken over every component of the column's model.
+memory. Float columns compare exactly by default (NaN equals NaN, null equals NaN, an
+infinity equals itself); ``--model M`` allows DESIGN.md's decoding contract instead: 4 ulp of
+max(|x|, |m_k|, 4 s_k), taken over every component of the column's model. Other columns, nested
+ones (lists, structs, maps) included, compare by exact equality (null equals null).
 
 Example:
     python -m gpu_vgm.compare data/in data/back --model data/out/_model.json
@@ -11,6 +12,7 @@ Example:
 
 import argparse
 import logging
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +26,24 @@ from gpu_vgm.modelfile import load_models
 log = logging.getLogger("gpu_vgm")
 
 
-def iter_batches(url, columns, batch_rows=1 << 20):
+def iter_file_batches(url, columns, batch_rows=1 << 20):
+    """(path, batch) for the files of ``url`` in order; a corrupt file is one line naming it."""
     fs, paths = inputs.list_parquet_files(url)
     for path in paths:
-        with fs.open(path, "rb") as f:
-            yield from pq.ParquetFile(f).iter_batches(
-                batch_size=batch_rows, columns=columns, use_threads=False
-            )
+        try:
+            with fs.open(path, "rb") as f:
+                for batch in pq.ParquetFile(f).iter_batches(
+                    batch_size=batch_rows, columns=columns, use_threads=False
+                ):
+                    yield path, batch
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(
+                f"{path}: not a readable Parquet file ({inputs._first_line(exc)})"
+            ) from None
+
+
+def iter_batches(url, columns, batch_rows=1 << 20):
+    return (batch for _, batch in iter_file_batches(url, columns, batch_rows))
 
 
 def _aligned(a_iter, b_iter):
@@ -59,13 +72,14 @@ def _tolerances(models):
 
 def compare(a_url, b_url, model_path=None):
     """{'rows': n, 'mismatches': {column: count}, 'max_abs_error': {column: e}}."""
-    fs_a, paths_a = inputs.list_parquet_files(a_url)
-    fs_b, paths_b = inputs.list_parquet_files(b_url)
-    schema_a = inputs.read_metadata(fs_a, paths_a[:1])[0].schema
-    schema_b = inputs.read_metadata(fs_b, paths_b[:1])[0].schema
-    if schema_a.names != schema_b.names:
-        raise InputError(f"columns differ: {schema_a.names} vs {schema_b.names}")
-    columns = schema_a.names
+    files = [inputs.read_metadata(*inputs.list_parquet_files(url)) for url in (a_url, b_url)]
+    first = files[0][0]
+    columns = first.schema.names
+    for f in files[0] + files[1]:  # Parquet readers skip a missing column without a word
+        if f.schema.names != columns:
+            raise InputError(
+                f"columns differ: {f.path} has {f.schema.names}, {first.path} has {columns}"
+            )
     scales = _tolerances(load_models(model_path)) if model_path else {}
     rows, mismatches = 0, dict.fromkeys(columns, 0)
     max_err = dict.fromkeys(columns, 0.0)
@@ -86,24 +100,46 @@ def compare(a_url, b_url, model_path=None):
             if pa.types.is_floating(x.type):
                 xa = pc.fill_null(x, np.nan).to_numpy()
                 ya = pc.fill_null(y, np.nan).to_numpy()
-                both_nan = np.isnan(xa) & np.isnan(ya)
-                err = np.where(both_nan, 0.0, np.abs(xa - ya))
+                same = (xa == ya) | (np.isnan(xa) & np.isnan(ya))  # inf == inf; NaN, null alike
+                with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, 1e308 - -1e308
+                    err = np.where(same, 0.0, np.abs(xa - ya))
                 err = np.where(np.isnan(err), np.inf, err)
-                if c in scales:
-                    tol = 4 * np.spacing(np.maximum(np.abs(xa), scales[c]))
+                if c in scales:  # finite, so that NaN or inf against a number is a mismatch
+                    finite = np.where(np.isfinite(xa), np.abs(xa), 0.0)
+                    tol = 4 * np.spacing(np.maximum(finite, scales[c]))
                 else:
                     tol = 0.0
                 bad = int(np.count_nonzero(err > tol))
                 if err.size:
                     max_err[c] = max(max_err[c], float(err.max()))
             else:
-                bad = int(
-                    len(x)
-                    - pc.sum(pc.equal(x, y).fill_null(False)).as_py()
-                    - pc.sum(pc.and_(x.is_null(), y.is_null())).as_py()
-                )
+                bad = _unequal_rows(x, y)
             mismatches[c] += bad
     return {"rows": rows, "mismatches": mismatches, "max_abs_error": max_err}
+
+
+def _unequal_rows(x, y):
+    """Rows where two columns of one non-float type differ (null equals null): Arrow's equal
+    kernel where it has one, else the Python values (lists, structs, maps have no kernel)."""
+    if x.equals(y):
+        return 0
+    try:
+        equal = pc.equal(x, y).fill_null(False)
+    except pa.ArrowNotImplementedError:
+        pairs = zip(x.to_pylist(), y.to_pylist(), strict=True)
+        return sum(not _same(u, v) for u, v in pairs)
+    return len(x) - pc.sum(pc.or_(equal, pc.and_(x.is_null(), y.is_null()))).as_py()
+
+
+def _same(u, v):
+    """Python values of one row equal, NaN equal to NaN at any depth (as for float columns)."""
+    if isinstance(u, float) and isinstance(v, float):
+        return u == v or (math.isnan(u) and math.isnan(v))
+    if isinstance(u, list | tuple) and isinstance(v, list | tuple):
+        return len(u) == len(v) and all(map(_same, u, v))
+    if isinstance(u, dict) and isinstance(v, dict):
+        return u.keys() == v.keys() and all(_same(u[k], v[k]) for k in u)
+    return u == v
 
 
 def build_parser():

@@ -32,7 +32,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from gpu_vgm import cli
+from gpu_vgm import cli, storage
 from gpu_vgm.atomic import atomic_directory, check_output
 from gpu_vgm.errors import InputError, OutputError
 
@@ -300,6 +300,10 @@ def _check_args(args):
     ):
         if value is not None and value < least:
             raise InputError(f"{flag} must be >= {least}, got {value}")
+    if args.files and args.files > max(args.rows, 1):
+        raise InputError(
+            f"--files {args.files} is more than --rows {args.rows}: files would be empty"
+        )
 
 
 # --------------------------------------------------------------------------- command
@@ -347,6 +351,8 @@ def build_parser():
 def _run(args) -> int:
     _check_args(args)
     output = check_output(args.output, args.overwrite)  # fail before reading a large --from file
+    if args.source:
+        storage.check_apart(args.output, [args.source])
     files = args.files or max(1, math.ceil(args.rows / MAX_ROWS_PER_FILE))
     workers = args.workers or os.cpu_count() or 1
     spec = build_spec(args)

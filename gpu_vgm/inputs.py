@@ -14,6 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpu_vgm.errors import InputError, shorten
+from gpu_vgm.params import MAX_ABS_VALUE
+
+# A decimal of up to 15 digits has a float64 that rounds back to it; the encoder still checks
+# every row (schema.inexact_rows), since the decoding error can reach a few units of the last
+# digit where the mixture's component is much wider than the value.
+MAX_DECIMAL_DIGITS = 15
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,10 @@ def is_encodable_type(t):
 def check_same_schema(files):
     """Every file must have the first file's columns and types: parts are concatenated."""
     first = files[0]
+    names = first.schema.names
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if twice:
+        raise InputError(f"{first.path}: column {twice[0]!r} appears more than once")
     for f in files[1:]:
         if f.schema.names != first.schema.names:
             raise InputError(
@@ -143,6 +153,11 @@ def select_columns(files, requested):
             t = f.schema.field(c).type
             if not is_encodable_type(t):
                 raise InputError(f"{f.path}: column {c!r} is {t}, expected a numeric column")
+            if pa.types.is_decimal(value_type(t)) and value_type(t).precision > MAX_DECIMAL_DIGITS:
+                raise InputError(
+                    f"{f.path}: column {c!r} is {t}: more than {MAX_DECIMAL_DIGITS} digits do "
+                    "not survive float64; leave it out or cast it to float64"
+                )
     return columns
 
 
@@ -168,6 +183,11 @@ def column_ranges(fs, files, columns):
                 lo, hi = _as_float(stats.min), _as_float(stats.max)
                 if np.isinf(lo) or np.isinf(hi):
                     raise InputError(f"{f.path}: column {c!r} holds infinite values")
+                if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+                    raise InputError(
+                        f"{f.path}: column {c!r} holds values up to {max(abs(lo), abs(hi)):.3g} "
+                        f"in magnitude; gpu_vgm encodes |x| <= {MAX_ABS_VALUE:g}"
+                    )
                 r = ranges[c]
                 r[0], r[1] = min(r[0], lo), max(r[1], hi)
     return {
@@ -177,6 +197,8 @@ def column_ranges(fs, files, columns):
 
 
 def _as_float(v):
+    if isinstance(v, bytes):  # float16 statistics come as the value's two bytes
+        return float(np.frombuffer(v, dtype="<f2")[0])
     return float(v)  # Decimal, int and float statistics alike
 
 

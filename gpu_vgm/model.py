@@ -15,7 +15,14 @@ import numpy as np
 
 from gpu_vgm import rng, storage
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
-from gpu_vgm.params import RADIUS_FACTOR, KernelParams, round_to
+from gpu_vgm.params import (
+    MAX_ABS_VALUE,
+    MAX_COMPONENTS,
+    MAX_SEED,
+    RADIUS_FACTOR,
+    KernelParams,
+    round_to,
+)
 
 FORMAT = "gpu_vgm.ScaleVGM"
 FORMAT_VERSION = 1
@@ -27,8 +34,10 @@ _COVER_SHRINK = 1.0 - 2.0**-30
 _SYNTHETIC_LOG_WEIGHT = math.log(1e-6)  # synthetic components lose argmax ties to fitted ones
 
 _PARAMETER_CONSTRAINTS = {
-    "n_components": lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000,
-    "random_state": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63,
+    "n_components": lambda v: (
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_COMPONENTS
+    ),
+    "random_state": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED,
     "eps": lambda v: isinstance(v, int | float) and 0 <= v < 1,
     "mode": lambda v: v in MODES,
     "column": lambda v: isinstance(v, str),
@@ -141,6 +150,12 @@ class ScaleVGM:
         special = np.array(sorted(set(float(v) for v in self.special_values)), dtype=np.float64)
         fit_values = finite[~np.isin(finite, special)]
         lo, hi = _value_range(finite, value_range, self.column)
+        if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+            raise InputError(
+                f"column {self.column!r}: values up to {max(abs(lo), abs(hi)):.3g} in magnitude; "
+                f"gpu_vgm encodes |x| <= {MAX_ABS_VALUE:g} (the mixture's variances overflow "
+                "beyond that)"
+            )
 
         bgmm = None
         self.converged_ = True
@@ -558,6 +573,8 @@ def read_json(path):
         raise ModelFileError(f"{path}: model file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise ModelFileError(f"{path}: not a valid model file (bad JSON: {exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: not a valid model file (JSON nested too deeply)") from None
     except IsADirectoryError:
         raise ModelFileError(f"{path}: is a directory, expected a model JSON file") from None
 

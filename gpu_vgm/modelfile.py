@@ -6,11 +6,39 @@ ModelFileError with one line naming the file and the field, so a malformed, newe
 file can never crash the tool with a traceback or smuggle in anything but numbers.
 """
 
+import hashlib
+import json
 import math
 
 import numpy as np
 
 from gpu_vgm.errors import ModelFileError
+from gpu_vgm.params import MAX_ABS_VALUE
+
+_FITTED_KEYS = {
+    "sklearn",
+    "components",
+    "n_mixture",
+    "special_values",
+    "rounding_digits",
+    "value_range",
+    "converged",
+    "sample_size",
+}
+_COMPONENT_KEYS = {"mean", "std", "weight", "logit_const", "half_precision", "active", "origin"}
+_SKLEARN_KEYS = {
+    "weights_",
+    "means_",
+    "covariances_",
+    "precisions_cholesky_",
+    "mean_precision_",
+    "degrees_of_freedom_",
+    "weight_concentration_",
+    "n_components",
+    "converged_",
+    "n_iter_",
+    "lower_bound_",
+}
 
 SET_FORMAT = "gpu_vgm.model"
 SET_VERSION = 1
@@ -29,7 +57,7 @@ def _is_number(v):
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _numbers(obj, key, source, length=None, positive=False):
+def _numbers(obj, key, source, length=None, positive=False, within=None):
     values = obj.get(key)
     _require(isinstance(values, list), source, f"{key} must be a list of numbers")
     _require(all(_is_number(v) for v in values), source, f"{key} must hold finite numbers only")
@@ -39,7 +67,15 @@ def _numbers(obj, key, source, length=None, positive=False):
         )
     if positive:
         _require(all(v > 0 for v in values), source, f"{key} must be positive")
+    if within is not None:
+        lo, hi = within
+        _require(all(lo <= v <= hi for v in values), source, f"{key} must lie in [{lo}, {hi}]")
     return values
+
+
+def _keys(obj, expected, source, what):
+    """Exactly the expected keys: an unknown key means another format, or a crafted file."""
+    _require(set(obj) == expected, source, f"{what} must have exactly the keys {sorted(expected)}")
 
 
 def check_header(data, source, expected_format, supported_version):
@@ -65,6 +101,7 @@ def validate_scalevgm(data, source):
     from gpu_vgm.model import _PARAMETER_CONSTRAINTS, FORMAT, FORMAT_VERSION
 
     check_header(data, source, FORMAT, FORMAT_VERSION)
+    _keys(data, {"format", "version", "params", "fitted"}, source, "a ScaleVGM")
     params = data.get("params")
     _require(isinstance(params, dict), source, "params must be an object")
     _require(
@@ -82,13 +119,16 @@ def validate_scalevgm(data, source):
 
     fitted = data.get("fitted")
     _require(isinstance(fitted, dict), source, "fitted must be an object")
+    _keys(fitted, _FITTED_KEYS, source, "fitted")
     comps = fitted.get("components")
     _require(isinstance(comps, dict), source, "fitted.components must be an object")
-    means = _numbers(comps, "mean", source)
+    _keys(comps, _COMPONENT_KEYS, source, "fitted.components")
+    # Means and stds inside these bounds keep every z and (x - m)^2 finite for |x| <= 1e150.
+    means = _numbers(comps, "mean", source, within=(-MAX_ABS_VALUE, MAX_ABS_VALUE))
     n = len(means)
     _require(1 <= n <= 10_000, source, f"{n} components; expected 1 to 10000")
-    _numbers(comps, "std", source, n, positive=True)
-    _numbers(comps, "weight", source, n)
+    _numbers(comps, "std", source, n, positive=True, within=(1 / MAX_ABS_VALUE, MAX_ABS_VALUE))
+    _numbers(comps, "weight", source, n, within=(0.0, 1.0))
     _numbers(comps, "logit_const", source, n)
     _numbers(comps, "half_precision", source, n, positive=True)
     active = comps.get("active")
@@ -116,11 +156,21 @@ def validate_scalevgm(data, source):
         source,
         "rounding_digits must be null or 0..15",
     )
-    value_range = _numbers(fitted, "value_range", source, 2)
+    value_range = _numbers(fitted, "value_range", source, 2, within=(-MAX_ABS_VALUE, MAX_ABS_VALUE))
     _require(value_range[0] <= value_range[1], source, "value_range must have lo <= hi")
     _require(isinstance(fitted.get("converged"), bool), source, "converged must be a boolean")
-    _require(isinstance(fitted.get("sample_size"), int), source, "sample_size must be an integer")
+    size = fitted.get("sample_size")
+    _require(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 0,
+        source,
+        "sample_size must be a non-negative integer",
+    )
     sk = fitted.get("sklearn")
+    # Only a model fitted without a mixture (fewer than two sample values) has no sklearn part;
+    # every other one must carry it, so that its constants are checked against it.
+    _require(
+        (sk is None) == (n_mixture == 0), source, "fitted.sklearn must be present iff n_mixture > 0"
+    )
     if sk is not None:
         _validate_sklearn(sk, n_mixture, source)
         _check_logits_match(sk, comps, n_mixture, source)
@@ -129,6 +179,7 @@ def validate_scalevgm(data, source):
 
 def _validate_sklearn(sk, n_mixture, source):
     _require(isinstance(sk, dict), source, "fitted.sklearn must be an object or null")
+    _keys(sk, _SKLEARN_KEYS, source, "fitted.sklearn")
     _require(sk.get("n_components") == n_mixture, source, "sklearn.n_components != n_mixture")
     for key in ("weights_", "means_"):
         _numbers(sk, key, source, n_mixture)
@@ -181,6 +232,12 @@ def save_models(path, models, extra=None):
     write_json_atomic(path, data)
 
 
+def fingerprint(models):
+    """SHA-256 of the models' canonical JSON: ties an encoded directory to its model."""
+    text = json.dumps([m.to_dict() for m in models], sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def load_models(path):
     """Read a model file (a set or a single ScaleVGM) -> {column: ScaleVGM} in file order."""
     from gpu_vgm.model import FORMAT, ScaleVGM, read_json
@@ -191,6 +248,7 @@ def load_models(path):
         model = ScaleVGM.from_dict(data, source)
         return {model.column: model}
     check_header(data, source, SET_FORMAT, SET_VERSION)
+    _require(set(data) <= {"format", "version", "columns", "info"}, source, "unknown top-level key")
     columns = data.get("columns")
     _require(isinstance(columns, list) and columns, source, "columns must be a non-empty list")
     models = {}

@@ -9,6 +9,13 @@ import numpy as np
 Z_LIMIT = 0.99
 RADIUS_FACTOR = Z_LIMIT * (1.0 - 2.0**-40)
 
+# Limits shared by the command line, ScaleVGM and model-file validation.
+MAX_COMPONENTS = 1000
+MAX_SEED = 2**32 - 1  # scikit-learn's random_state limit
+# The mixture's variances and the kernels' (x - m)^2 must stay finite: |x| <= 1e150 does
+# (1e300 < float64's 1.8e308); beyond it scikit-learn's fit overflows to inf.
+MAX_ABS_VALUE = 1e150
+
 
 class KernelParams(NamedTuple):
     """Arrays for one column (float64 unless noted); identical for the CPU and GPU kernels.

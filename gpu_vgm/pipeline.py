@@ -8,6 +8,7 @@ into place only when every part, the model and the manifest are written.
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,15 +17,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gpu_vgm import checkpoint, inputs, schema, storage, tasks
-from gpu_vgm.errors import InputError
+from gpu_vgm.errors import InputError, VGMError
 from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
-from gpu_vgm.modelfile import load_models, save_models
+from gpu_vgm.modelfile import fingerprint, load_models, save_models
 
 log = logging.getLogger("gpu_vgm")
 MANIFEST = "_manifest.json"
 MODEL = "_model.json"
 MANIFEST_FORMAT = "gpu_vgm.manifest"
 MANIFEST_VERSION = 1
+PART_FILE = re.compile(r"part-\d{5,}\.parquet")
 
 
 @dataclass
@@ -216,8 +218,6 @@ def encode_job(
             models = fit_models(client, fs, files, columns, parts, opts, sample)
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
-        if opts.model_out:
-            save_models(opts.model_out, list(models.values()))
         ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
         todo = [part for part in parts if part.index not in done]
         [shared] = client.scatter([models], broadcast=True, hash=False)
@@ -231,6 +231,8 @@ def encode_job(
         results = [done.get(p.index) for p in parts]
         for r in fresh:
             results[r["index"]] = r
+        if not parts:  # no rows at all: one empty part still carries the output schema
+            results = [tasks.write_empty_part(files[0].schema, models, str(tmp))]
         if ckpt:
             ckpt.remove()
         t_encode = time.perf_counter()
@@ -242,10 +244,12 @@ def encode_job(
             "columns": {
                 c: {
                     "type": str(inputs.value_type(files[0].schema.field(c).type)),
+                    "field": schema.field_to_text(files[0].schema.field(c)),
                     "out_of_coverage": sum(r["out_of_coverage"][c] for r in results),
                 }
                 for c in columns
             },
+            "model_sha256": fingerprint([models[c] for c in columns]),
             "parts": [
                 {
                     k: r[k]
@@ -271,6 +275,8 @@ def encode_job(
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
         }
         write_json_atomic(storage.join(tmp, MANIFEST), manifest)
+    if opts.model_out:  # only once the output is in place: a failed run leaves nothing
+        save_models(opts.model_out, list(models.values()))
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
 
@@ -301,11 +307,49 @@ def _gather_in_order(client, futures, progress, what, on_result=None):
 
 
 def read_manifest(directory):
-    data = read_json(storage.join(directory, MANIFEST))
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{directory}/{MANIFEST}: not a gpu_vgm manifest")
-    if data.get("version", 0) > MANIFEST_VERSION:
-        raise InputError(f"{directory}/{MANIFEST}: written by a newer gpu_vgm; upgrade gpu_vgm")
+    """The manifest of an encoded directory, checked field by field (it may be crafted)."""
+    source = storage.join(directory, MANIFEST)
+    fs, path = inputs.open_fs(source)
+    if not fs.isfile(path):
+        raise InputError(f"{directory}: no {MANIFEST}; not a finished gpu_vgm output")
+    try:
+        data = read_json(source)
+    except VGMError as exc:
+        raise InputError(f"{source}: not a gpu_vgm manifest ({exc})") from None
+
+    def require(ok, what):
+        if not ok:
+            raise InputError(f"{source}: not a valid gpu_vgm manifest: {what}")
+
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    require(isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT, "wrong format")
+    version = data.get("version")
+    require(count(version), "version must be an integer")
+    if version > MANIFEST_VERSION:
+        raise InputError(f"{source}: written by a newer gpu_vgm; upgrade gpu_vgm")
+    require(count(data.get("rows")), "rows must be a non-negative integer")
+    columns = data.get("columns")
+    require(isinstance(columns, dict) and columns, "columns must be a non-empty object")
+    for name, info in columns.items():
+        require(
+            isinstance(info, dict) and isinstance(info.get("type"), str),
+            f"column {name!r} needs a type",
+        )
+        require(isinstance(info.get("field", ""), str), f"column {name!r}: field must be a string")
+    parts = data.get("parts")
+    require(isinstance(parts, list), "parts must be a list")
+    for part in parts:
+        # Plain part names only: a crafted "../x.parquet" must not reach outside the directory.
+        require(
+            isinstance(part, dict)
+            and isinstance(part.get("file"), str)
+            and PART_FILE.fullmatch(part["file"])
+            and count(part.get("rows")),
+            f"bad part entry {str(part)[:80]}",
+        )
+    require(isinstance(data.get("model_sha256", ""), str), "model_sha256 must be a string")
     return data
 
 
@@ -316,6 +360,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     fs, root = inputs.open_fs(input_dir)
     if not fs.isdir(root):
         raise InputError(f"{input_dir}: no such directory")
+    storage.check_apart(output, [input_dir])
     manifest = read_manifest(input_dir)
     models = load_models(model_path or f"{input_dir}/{MODEL}")
     columns = list(manifest["columns"])
@@ -323,7 +368,13 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     if missing:
         raise InputError(f"{model_path or MODEL}: no model for column {missing[0]!r}")
     models = {c: models[c] for c in columns}
-    types = {c: schema.type_from_string(manifest["columns"][c]["type"]) for c in columns}
+    expected = manifest.get("model_sha256")
+    if expected and fingerprint(list(models.values())) != expected:
+        raise InputError(
+            f"{model_path or MODEL}: not the model {input_dir} was encoded with (its "
+            f"fingerprint differs from the manifest's); use {input_dir}/{MODEL}"
+        )
+    fields = {c: schema.field_from_manifest(c, manifest["columns"][c]) for c in columns}
     parts = [p["file"] for p in manifest["parts"]]
     for name in parts:
         if not fs.isfile(f"{root}/{name}"):
@@ -332,7 +383,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
         [shared] = client.scatter([models], broadcast=True, hash=False)
         futures = [
             client.submit(
-                tasks.decode_part, fs, f"{root}/{name}", i, shared, types, str(tmp), pure=False
+                tasks.decode_part, fs, f"{root}/{name}", i, shared, fields, str(tmp), pure=False
             )
             for i, name in enumerate(parts)
         ]

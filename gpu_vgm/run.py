@@ -6,34 +6,24 @@ Example:
 
 import argparse
 import logging
-import os
+import math
 import time
 
 from gpu_vgm import cli, storage
 from gpu_vgm.backends import choose_backend
-from gpu_vgm.errors import InputError
+from gpu_vgm.params import MAX_COMPONENTS, MAX_SEED
 
 log = logging.getLogger("gpu_vgm")
 
 
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def _floats(text):
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0,-1, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def build_parser():
@@ -65,13 +55,13 @@ def build_parser():
     )
     p.add_argument(
         "--gpus",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1),
         default=1,
         help="GPUs for the LocalCUDACluster (e.g. --gpus 2)",
     )
     p.add_argument(
         "--workers",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1),
         default=None,
         help="CPU worker processes (default: one per core; e.g. --workers 2)",
     )
@@ -88,25 +78,25 @@ def build_parser():
     )
     p.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=cli.int_at_least(0, MAX_SEED),
         default=None,
         help="seed of the fit sample, the fit and sample-mode draws (default 42)",
     )
     p.add_argument(
         "--n-components",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1, MAX_COMPONENTS),
         default=10,
         help="mixture components per column (e.g. --n-components 10)",
     )
     p.add_argument(
         "--sample-size",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1),
         default=100_000,
         help="rows drawn from all files for the fit (e.g. --sample-size 200000)",
     )
     p.add_argument(
         "--max-iter",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1),
         default=100,
         help="scikit-learn iterations for the fit (e.g. --max-iter 500)",
     )
@@ -191,10 +181,14 @@ def _run(args):
 
     t_start = time.perf_counter()
     opts = options_from_args(args)
-    if os.path.abspath(opts.output) == os.path.abspath(opts.input):
-        raise InputError(f"--output {opts.output} is the input; choose another directory")
     storage.check_output(opts.output, opts.overwrite)
     plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
+    fs, files, columns, _ = plan
+    inputs = [opts.input, *(fs.unstrip_protocol(f.path) for f in files)]
+    storage.check_apart(opts.output, inputs)
+    if opts.model_out:
+        storage.check_output_file(opts.model_out, opts.overwrite, "--model-out")
+        storage.check_apart(opts.model_out, [*inputs, opts.output], "--model-out")
     if opts.model_in:
         load_for_encode(opts, plan[2])  # and so does a bad model file
     backend = (
@@ -208,7 +202,6 @@ def _run(args):
         scheduler_address=args.scheduler_address,
         kernels_mode=(opts.mode or "argmax") if backend == "cpu" else None,
     ) as connect:
-        fs, files, columns, _ = plan
         t0 = time.perf_counter()
         sample = read_fit_sample(fs, files, columns, opts) if fitting else None
         t_sample = time.perf_counter()

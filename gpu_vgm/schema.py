@@ -5,6 +5,7 @@ An encoded file holds the input columns, then for each encoded column ``<col>_no
 both with normalized 0). No dots in names: Spark and SQL users would have to quote them.
 """
 
+import base64
 import decimal
 import re
 
@@ -70,7 +71,12 @@ def to_float64(array, column, source):
     if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
         raise InputError(f"{source}: column {column!r} is {t}, expected a numeric column")
     if t != pa.float64():
-        array = pc.cast(array, pa.float64(), safe=False)
+        try:  # safe: an integer beyond 2^53 has no float64 of its own
+            array = pc.cast(array, pa.float64(), safe=pa.types.is_integer(t))
+        except pa.ArrowInvalid as exc:
+            raise InputError(
+                f"{source}: column {column!r}: {exc}; such integers cannot be encoded exactly"
+            ) from None
     if array.null_count:
         array = pc.fill_null(array, np.nan)
     return array.to_numpy(zero_copy_only=False)
@@ -92,6 +98,25 @@ def split_nulls(component):
     return np.where(nulls, -1, component).astype(component.dtype), nulls
 
 
+def _units_per_one(t):
+    """Integers and decimals decode by rounding to their unit: 1 or 10**-scale (None: floats)."""
+    if pa.types.is_integer(t):
+        return 1.0
+    if pa.types.is_decimal(t):
+        return 10.0**t.scale
+    return None
+
+
+def inexact_rows(decoded, x, original_type):
+    """How many integer or decimal values would not come back from ``decoded`` by ``restore``'s
+    rounding (0 for float columns: DESIGN.md's 4-ulp contract covers them)."""
+    units = _units_per_one(_value_type(original_type))
+    if units is None:
+        return 0
+    present = ~np.isnan(x)
+    return int(np.count_nonzero(np.rint(decoded[present] * units) != np.rint(x[present] * units)))
+
+
 def restore(values, original_type, nulls=None):
     """Decoded float64 values as an Arrow array of the column's original type.
 
@@ -109,11 +134,11 @@ def restore(values, original_type, nulls=None):
     if pa.types.is_integer(t):
         ints = np.rint(np.where(missing, 0, values)).astype(t.to_pandas_dtype())
         return pa.array(ints, type=t, mask=missing if missing.any() else None)
-    if pa.types.is_decimal(t):
-        quant = decimal.Decimal(1).scaleb(-t.scale)
+    if pa.types.is_decimal(t):  # the rounding inexact_rows checked at encode
+        units = np.rint(np.where(missing, 0, values) * _units_per_one(t))
         py = [
-            None if m else decimal.Decimal(repr(float(v))).quantize(quant)
-            for v, m in zip(values, missing, strict=True)
+            None if m else decimal.Decimal(int(u)).scaleb(-t.scale)
+            for u, m in zip(units, missing, strict=True)
         ]
         return pa.array(py, type=t)
     raise InputError(f"cannot restore a column of type {t}")
@@ -138,3 +163,28 @@ def type_from_string(text):
         make = pa.decimal128 if m.group(1) == "128" else pa.decimal256
         return make(int(m.group(2)), int(m.group(3)))
     raise InputError(f"unsupported column type {text!r} in the manifest")
+
+
+def field_to_text(field):
+    """An input column's Arrow field (type, nullability, metadata) as text for the manifest."""
+    return base64.b64encode(pa.schema([field]).serialize().to_pybytes()).decode("ascii")
+
+
+def field_from_manifest(column, info):
+    """The field ``inverse`` gives a decoded column: the one recorded at encode, or (manifests
+    without it) a nullable field of the recorded type."""
+    t = type_from_string(info["type"])
+    text = info.get("field")
+    if not text:
+        return pa.field(column, t)
+    try:
+        field = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True))).field(0)
+    except (ValueError, TypeError, IndexError, pa.ArrowException):
+        raise InputError(f"manifest: column {column!r}: unreadable field description") from None
+    if field.name != column or _value_type(field.type) != t:
+        raise InputError(f"manifest: column {column!r}: field {field} does not match its type {t}")
+    return field
+
+
+def _value_type(t):
+    return t.value_type if pa.types.is_dictionary(t) else t

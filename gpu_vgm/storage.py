@@ -62,6 +62,49 @@ def check_output(url, overwrite=False):
     return url
 
 
+def check_output_file(url, overwrite=False, flag="--output"):
+    """Fail early (OutputError) where ``url`` cannot become a new file."""
+    if is_remote(url):
+        fs, path = filesystem(url)
+        if fs.exists(path) and not overwrite:
+            raise OutputError(f"{flag} {url} exists; pass --overwrite to replace it")
+        return
+    if os.path.isdir(url):
+        raise OutputError(f"{flag} {url} is a directory; give a file name")
+    if os.path.lexists(url) and not overwrite:
+        raise OutputError(f"{flag} {url} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(url))
+    if not os.path.isdir(parent):
+        raise OutputError(f"{flag} {url}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {url}: parent directory {parent} is not writable")
+
+
+def place(url):
+    """(protocol, absolute normalized path) of a local path or URL, to compare places."""
+    if not is_remote(url):
+        return "file", os.path.realpath(str(url).removeprefix("file://"))
+    fs, path = filesystem(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, "/" + path.strip("/")
+
+
+def _within(inner, outer):
+    return inner[0] == outer[0] and (
+        inner[1] == outer[1] or inner[1].startswith(outer[1].rstrip("/") + "/")
+    )
+
+
+def check_apart(output, inputs, flag="--output"):
+    """OutputError where ``output`` is an input, holds one (``--overwrite`` would delete it) or
+    lies inside an input directory (the next run would read it as input)."""
+    out = place(output)
+    for inp in inputs:
+        where = place(inp)
+        if _within(where, out) or _within(out, where):
+            raise OutputError(f"{flag} {output} overlaps {inp}; choose a place outside it")
+
+
 @contextlib.contextmanager
 def output_directory(url, overwrite=False, reuse=None, last="_manifest.json"):
     """Yield a temporary location (path or URL) that becomes ``url`` when the block succeeds."""

@@ -88,6 +88,12 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
             z, comp, n_out = column_encoder(model, x, part.row_offset)
         except VGMError as exc:
             raise InputError(f"{part.path}: {exc}") from None
+        lost = schema.inexact_rows(model.inverse_transform(z, comp), x, values.type)
+        if lost:
+            raise InputError(
+                f"{part.path}: column {column!r}: {lost} values would not decode exactly "
+                "(too many digits for float64); leave the column out or cast it to float64"
+            )
         z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(values))
         table = table.append_column(
             pa.field(schema.normalized_name(column), z_arr.type, False), z_arr
@@ -117,22 +123,33 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def decode_part(fs, path, index, models, column_types, out_dir):
-    """Inverse of encode_partition: restore each encoded column, drop the derived ones."""
+def decode_part(fs, path, index, models, fields, out_dir):
+    """Inverse of encode_partition: restore each encoded column (``fields``: as they were in
+    the input), drop the derived ones."""
     table = read_table(fs, path)
     drop = []
     for column, model in models.items():
         z_name, c_name = schema.normalized_name(column), schema.component_name(column)
         if z_name not in table.column_names or c_name not in table.column_names:
             raise InputError(f"{path}: {z_name!r} or {c_name!r} missing; not a gpu_vgm output?")
-        z = table.column(z_name).to_numpy()
-        comp, nulls = schema.split_nulls(table.column(c_name).to_numpy())
+        z_col, c_col = table.column(z_name), table.column(c_name)
+        if z_col.null_count or c_col.null_count:
+            raise InputError(f"{path}: {z_name!r} or {c_name!r} holds nulls; not a gpu_vgm output")
+        z = z_col.to_numpy()
+        if not np.isfinite(z).all():
+            raise InputError(
+                f"{path}: {z_name!r} holds {int((~np.isfinite(z)).sum())} NaN or infinite values"
+            )
+        comp, nulls = schema.split_nulls(c_col.to_numpy())
         try:
             values = model.inverse_transform(z, comp)
         except VGMError as exc:
             raise InputError(f"{path}: {exc}") from None
-        restored = schema.restore(values, column_types[column], nulls)
-        field = pa.field(column, restored.type)
+        field = fields[column]
+        restored = schema.restore(values, field.type, nulls)
+        if restored.null_count and not field.nullable:
+            field = field.with_nullable(True)
+        field = field.with_type(restored.type)
         if column in table.column_names:
             table = table.set_column(table.schema.get_field_index(column), field, restored)
         else:
@@ -141,6 +158,29 @@ def decode_part(fs, path, index, models, column_types, out_dir):
     table = table.drop_columns(drop)
     write_part(table, out_dir, index)
     return {"index": index, "rows": table.num_rows}
+
+
+def write_empty_part(input_schema, models, out_dir):
+    """Part 0 of an input without rows: no data, but every output column and type."""
+    table = input_schema.empty_table()
+    for column, model in models.items():
+        z, comp = schema.encoded_columns(np.zeros(0, dtype=model.dtype), np.zeros(0, np.int16))
+        table = table.append_column(pa.field(schema.normalized_name(column), z.type, False), z)
+        table = table.append_column(
+            pa.field(schema.component_name(column), schema.COMPONENT_TYPE, False), comp
+        )
+    write_part(table, out_dir, 0, [schema.normalized_name(c) for c in models])
+    return {
+        "index": 0,
+        "file": PART_NAME.format(0),
+        "source": None,
+        "row_groups": [],
+        "row_offset": 0,
+        "rows": 0,
+        "out_of_coverage": dict.fromkeys(models, 0),
+        "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0},
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def read_sample(fs, path, row_group, count, columns, seed, draw):

@@ -1,0 +1,289 @@
+"""User data is never lost or silently changed: inputs that an output would overwrite, values
+float64 cannot hold, crafted model files and manifests, failed runs that must leave nothing."""
+
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpu_vgm import generate, inverse, run
+from gpu_vgm.cluster import dask_client
+from gpu_vgm.errors import InputError, ModelFileError
+from gpu_vgm.model import ScaleVGM
+from gpu_vgm.modelfile import load_models
+from gpu_vgm.pipeline import EncodeOptions, encode_job
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
+FAST = ["--backend", "cpu", "--workers", "1", "--sample-size", "2000", "--max-iter", "20"]
+
+
+def encode(inp, out, *extra):
+    return run.main(["--input", str(inp), "--output", str(out), "--quiet", *FAST, *extra])
+
+
+def decode(inp, out, *extra):
+    return inverse.main(["--input", str(inp), "--output", str(out), "--workers", "1", *extra])
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def write(path, table, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, **kw)
+    return path.parent
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """A small input and its encoded output (seed 42), plus the model of a seed-7 run."""
+    root = tmp_path_factory.mktemp("safety")
+    x = np.random.default_rng(0).lognormal(3, 1, 3000).round(2)
+    write(root / "in" / "a.parquet", pa.table({"Amount": x, "note": ["n"] * x.size}))
+    assert encode(root / "in", root / "enc") == 0
+    assert encode(root / "in", root / "enc7", "--seed", "7") == 0
+    return root
+
+
+# ------------------------------------------------------------------ outputs that hold inputs
+def test_output_that_holds_the_input_is_refused_and_the_input_kept(encoded, tmp_path, capsys):
+    data = write(tmp_path / "box" / "data" / "a.parquet", pq.read_table(encoded / "in"))
+    (tmp_path / "box" / "notes.txt").write_text("keep")
+    cases = [
+        # --overwrite of the folder above the input would delete the input
+        (lambda: encode(data, tmp_path / "box", "--overwrite"), "overlaps"),
+        (lambda: encode(f"{data}/*.parquet", data, "--overwrite"), "overlaps"),
+        (lambda: encode(data / "a.parquet", data, "--overwrite"), "overlaps"),
+        (lambda: encode(data, data / "out"), "overlaps"),  # the next run would read it
+        (lambda: decode(tmp_path / "box", tmp_path / "box", "--overwrite"), "overlaps"),
+        (
+            lambda: generate.main(
+                [
+                    *("--rows", "10", "--from", str(data / "a.parquet")),
+                    *("--output", str(tmp_path / "box"), "--overwrite"),
+                ]
+            ),
+            "overlaps",
+        ),
+    ]
+    for call, message in cases:
+        assert call() != 0
+        assert message in one_line(capsys)
+        assert pq.read_table(data / "a.parquet").num_rows == 3000
+        assert (tmp_path / "box" / "notes.txt").read_text() == "keep"
+        assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["data", "notes.txt"]
+
+
+def test_inverse_onto_its_own_input_is_refused(encoded, tmp_path, capsys):
+    import shutil
+
+    enc = tmp_path / "enc"
+    shutil.copytree(encoded / "enc", enc)
+    assert decode(enc, enc, "--overwrite") != 0
+    assert "overlaps" in one_line(capsys)
+    assert (enc / "_model.json").exists() and (enc / "part-00000.parquet").exists()
+
+
+def test_model_out_is_checked_first_and_written_only_after_success(encoded, tmp_path, capsys):
+    mine = tmp_path / "mine.json"
+    mine.write_text("my notes")
+    assert encode(encoded / "in", tmp_path / "o1", "--model-out", str(mine)) != 0
+    assert "--overwrite" in one_line(capsys)
+    assert mine.read_text() == "my notes" and not (tmp_path / "o1").exists()
+    assert encode(encoded / "in", tmp_path / "o2", "--model-out", str(tmp_path / "o2")) != 0
+    assert "overlaps" in one_line(capsys)
+    assert not (tmp_path / "o2").exists()
+
+    def failing(model, x, row_offset):  # a fault injected into encoding, after the fit
+        raise InputError("injected fault")
+
+    out, model_out = tmp_path / "o3", tmp_path / "m3.json"
+    opts = EncodeOptions(
+        input=str(encoded / "in"), output=str(out), sample_size=2000, model_out=str(model_out)
+    )
+    with dask_client("cpu", workers=1) as client, pytest.raises(InputError, match="injected"):
+        encode_job(client, opts, column_encoder=failing)
+    assert not model_out.exists() and not out.exists()
+
+
+# ------------------------------------------------------------- values float64 cannot hold
+@pytest.mark.parametrize(
+    ("table", "columns", "message"),
+    [
+        (pa.table({"i": pa.array([1, 2**60 + 1] * 50, pa.int64())}), "i", "not in range"),
+        (
+            pa.table({"d": pa.array([Decimal("12345678901234567.891")] * 9, pa.decimal128(20, 3))}),
+            "d",
+            "more than 15 digits",
+        ),
+        (pa.table({"v": [1.0, 2.0, 1e200] * 20}), "v", "1e+200"),
+        (
+            pa.table([pa.array([1.0, 2.0]), pa.array([3.0, 4.0])], names=["A", "A"]),
+            "A",
+            "more than once",
+        ),
+    ],
+    ids=["int64 beyond 2^53", "decimal of 20 digits", "1e200", "duplicate names"],
+)
+def test_values_that_would_not_come_back_are_refused(tmp_path, capsys, table, columns, message):
+    inp = write(tmp_path / "in" / "a.parquet", table)
+    assert encode(inp, tmp_path / "out", "--columns", columns) != 0
+    assert message in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_integers_decimals_float16_and_field_metadata_come_back(tmp_path):
+    g = np.random.default_rng(1)
+    n = 4000
+    fields = [
+        pa.field("i", pa.int64(), nullable=False, metadata={"unit": "cents"}),
+        pa.field("d", pa.decimal128(12, 2)),
+        pa.field("h", pa.float16()),
+        pa.field("k", pa.dictionary(pa.int8(), pa.float64())),
+    ]
+    table = pa.table(
+        {
+            "i": pa.array(g.integers(-(2**40), 2**40, n)),
+            "d": pa.array(
+                [Decimal(f"{v:.2f}") for v in g.lognormal(5, 2, n)], pa.decimal128(12, 2)
+            ),
+            "h": pa.array(g.normal(0, 10, n).astype(np.float16)),
+            "k": pa.array(g.choice([0.5, 1.25, 7.0], n)).dictionary_encode().cast(fields[3].type),
+        },
+        schema=pa.schema(fields, metadata={"owner": "me"}),
+    )
+    inp = write(tmp_path / "in" / "a.parquet", table)
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert encode(inp, enc, "--columns", "i,d,h,k", "--special-values", "0.5") == 0
+    assert decode(enc, back) == 0
+    restored, original = pq.read_table(back), pq.read_table(inp)  # k reads back as double
+    assert restored.schema.equals(original.schema, check_metadata=True), restored.schema
+    assert restored.schema.field("i").metadata == {b"unit": b"cents"}
+    assert restored.equals(original)
+
+
+def test_input_without_rows_gives_an_output_with_its_schema(tmp_path):
+    table = pa.table({"Amount": pa.array([], pa.float64()), "s": pa.array([], pa.string())})
+    inp = write(tmp_path / "in" / "a.parquet", table)
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    assert encode(inp, enc) == 0
+    assert pq.read_schema(enc / "part-00000.parquet").names == [
+        "Amount",
+        "s",
+        "Amount_normalized",
+        "Amount_component",
+    ]
+    assert decode(enc, back) == 0
+    assert pq.read_table(back).schema.equals(table.schema)
+
+
+# ------------------------------------------------------------ crafted models and manifests
+def _fitted_dict():
+    x = np.random.default_rng(2).normal(100, 5, 2000)
+    return ScaleVGM(column="Amount", max_iter=20).fit(x).to_dict()
+
+
+def _mutations():
+    def tiny_std(d):
+        d["fitted"]["components"]["std"][0] = 1e-320
+
+    def huge_mean(d):
+        d["fitted"]["components"]["mean"][0] = 1e308
+
+    def negative_weight(d):
+        d["fitted"]["components"]["weight"][0] = -0.5
+
+    def unknown_key(d):
+        d["fitted"]["components"]["shell"] = "rm -rf /"
+
+    def sklearn_dropped(d):  # would skip the check of the constants against scikit-learn
+        d["fitted"]["sklearn"] = None
+
+    def boolean_sample_size(d):
+        d["fitted"]["sample_size"] = True
+
+    return [tiny_std, huge_mean, negative_weight, unknown_key, sklearn_dropped, boolean_sample_size]
+
+
+@pytest.mark.parametrize("mutate", _mutations(), ids=lambda f: f.__name__)
+def test_crafted_model_values_are_refused(tmp_path, mutate):
+    data = _fitted_dict()
+    ScaleVGM.from_dict(json.loads(json.dumps(data)))  # the untouched model loads
+    mutate(data)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="invalid model file"):
+        load_models(path)
+
+
+def test_deeply_nested_model_json_is_one_line(encoded, tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert encode(encoded / "in", tmp_path / "out", "--model-in", str(path)) != 0
+    assert "nested too deeply" in one_line(capsys)
+
+
+def test_inverse_refuses_another_model_and_damaged_outputs(encoded, tmp_path, capsys):
+    import shutil
+
+    assert decode(encoded / "enc", tmp_path / "b1", "--model", str(encoded / "enc7/_model.json"))
+    assert "not the model" in one_line(capsys)
+    assert not (tmp_path / "b1").exists()
+
+    traversal = tmp_path / "trav"
+    shutil.copytree(encoded / "enc", traversal)
+    manifest = json.loads((traversal / "_manifest.json").read_text())
+    manifest["parts"][0]["file"] = "../enc/part-00000.parquet"
+    (traversal / "_manifest.json").write_text(json.dumps(manifest))
+    assert decode(traversal, tmp_path / "b2") != 0
+    assert "bad part entry" in one_line(capsys)
+
+    for broken in ({**manifest, "columns": []}, {**manifest, "version": "2"}):
+        (traversal / "_manifest.json").write_text(json.dumps(broken))
+        assert decode(traversal, tmp_path / "b3") != 0
+        assert "not a valid gpu_vgm manifest" in one_line(capsys)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(encoded / "enc", damaged)
+    part = pq.read_table(damaged / "part-00000.parquet")
+    z = part.column("Amount_normalized").to_numpy().copy()
+    z[7] = np.inf
+    i = part.schema.get_field_index("Amount_normalized")
+    pq.write_table(
+        part.set_column(i, part.schema.field(i), pa.array(z)), damaged / "part-00000.parquet"
+    )
+    assert decode(damaged, tmp_path / "b4") != 0
+    assert "1 NaN or infinite" in one_line(capsys)
+    assert not (tmp_path / "b4").exists()
+
+    assert decode(encoded / "in", tmp_path / "b5") != 0
+    assert "no _manifest.json" in one_line(capsys)
+
+
+# ------------------------------------------------------------------------- one line, really
+def test_option_errors_and_worker_failures_are_one_line(tmp_path):
+    """Through a real process: worker processes write to the terminal too, past capsys."""
+    inp = write(
+        tmp_path / "in" / "a.parquet",
+        pa.table({"Amount": [1.0, 2.0, -np.inf] * 10}),
+        write_statistics=False,  # found by a task on a worker, not from the footer
+    )
+    for args in (
+        ["--input", str(inp), "--output", str(tmp_path / "out"), "--quiet", *FAST],
+        ["--seed", str(2**32)],
+        ["--special-values", "nan"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "gpu_vgm.run", *args], capture_output=True, text=True
+        )
+        assert proc.returncode != 0
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
