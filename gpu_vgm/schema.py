@@ -107,6 +107,11 @@ def _units_per_one(t):
     return None
 
 
+def decodes_by_rounding(original_type):
+    """Integer and decimal columns: ``restore`` rounds their decoded values to a unit."""
+    return _units_per_one(_value_type(original_type)) is not None
+
+
 def inexact_rows(decoded, x, original_type):
     """How many integer or decimal values would not come back from ``decoded`` by ``restore``'s
     rounding (0 for float columns: DESIGN.md's 4-ulp contract covers them)."""
