@@ -54,7 +54,9 @@ def encoded(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ outputs that hold inputs
-def test_output_that_holds_the_input_is_refused_and_the_input_kept(encoded, tmp_path, capsys):
+def test_output_that_holds_the_input_is_refused_and_the_input_kept(
+    encoded, tmp_path, capsys, monkeypatch
+):
     data = write(tmp_path / "box" / "data" / "a.parquet", pq.read_table(encoded / "in"))
     (tmp_path / "box" / "notes.txt").write_text("keep")
     cases = [
@@ -74,12 +76,18 @@ def test_output_that_holds_the_input_is_refused_and_the_input_kept(encoded, tmp_
             "overlaps",
         ),
     ]
-    for call, message in cases:
+
+    def refused(call, message):
         assert call() != 0
         assert message in one_line(capsys)
         assert pq.read_table(data / "a.parquet").num_rows == 3000
         assert (tmp_path / "box" / "notes.txt").read_text() == "keep"
         assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["data", "notes.txt"]
+
+    for call, message in cases:
+        refused(call, message)
+    monkeypatch.chdir(tmp_path / "box")  # --output . --overwrite would replace it
+    refused(lambda: encode(encoded / "in", ".", "--overwrite"), "current directory")
 
 
 def test_inverse_onto_its_own_input_is_refused(encoded, tmp_path, capsys):
@@ -101,6 +109,8 @@ def test_model_out_is_checked_first_and_written_only_after_success(encoded, tmp_
     assert encode(encoded / "in", tmp_path / "o2", "--model-out", str(tmp_path / "o2")) != 0
     assert "overlaps" in one_line(capsys)
     assert not (tmp_path / "o2").exists()
+    assert encode(encoded / "in", tmp_path / "o2", "--model-out", str(tmp_path)) != 0
+    assert "is a directory" in one_line(capsys)
 
     def failing(model, x, row_offset):  # a fault injected into encoding, after the fit
         raise InputError("injected fault")
