@@ -43,7 +43,7 @@ def add_verbosity(parser):
 
 
 def setup_logging(args):
-    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.INFO  # as --help says
     if getattr(args, "verbose", False):
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)

@@ -93,8 +93,10 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
             lost = schema.inexact_rows(model.inverse_transform(z, comp), x, values.type)
         if lost:
             raise InputError(
-                f"{part.path}: column {column!r}: {lost} values would not decode exactly "
-                "(too many digits for float64); leave the column out or cast it to float64"
+                f"{part.path}: column {column!r}: {lost} values would not decode exactly from "
+                f"{model.dtype} normalized values (too many digits); leave the column out, or "
+                "cast it to float64"
+                + (", or use --dtype float64" if model.dtype != "float64" else "")
             )
         z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(values))
         table = table.append_column(

@@ -150,6 +150,16 @@ def test_values_that_would_not_come_back_are_refused(tmp_path, capsys, table, co
     assert not (tmp_path / "out").exists()
 
 
+def test_integers_that_float32_output_cannot_carry_are_refused(tmp_path, capsys):
+    """Every integer row is checked at encode: float32 z holds 24 bits, these need 41."""
+    ints = np.random.default_rng(3).integers(-(2**40), 2**40, 5000)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"i": ints}))
+    assert encode(inp, tmp_path / "out", "--columns", "i", "--dtype", "float32") != 0
+    assert "would not decode exactly from float32" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+    assert encode(inp, tmp_path / "out", "--columns", "i") == 0  # float64 carries them
+
+
 def test_integers_decimals_float16_and_field_metadata_come_back(tmp_path):
     g = np.random.default_rng(1)
     n = 4000
