@@ -35,20 +35,35 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+def resolved(path) -> Path:
+    """``path`` with its folder resolved as the OS resolves it (symlinks, ".."), and its last
+    name as typed, so that an output which is a symlink is replaced, not followed."""
+    path = os.fspath(path)
+    head, name = os.path.split(path.rstrip(os.sep) or os.sep)
+    if name in ("", ".", ".."):  # "." or "dir/..": no name of its own
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(head or os.curdir)) / name
+
+
+def check_parent(path: Path, what: str) -> None:
+    """OutputError unless ``path``'s folder exists and is writable."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {what}: parent directory {parent} is not writable")
+
+
 def check_output(path, overwrite: bool = False) -> Path:
     """Raise OutputError unless ``path`` can be created (or replaced, with ``overwrite``)."""
-    path = Path(os.path.abspath(path))  # "." and "dir/.." have no name to build a sibling from
-    cwd = Path.cwd()
+    shown, path = path, resolved(path)
+    cwd = Path(os.path.realpath(os.curdir))
     if path == cwd or path in cwd.parents:
-        raise OutputError(f"{path} holds the current directory; choose an output outside it")
+        raise OutputError(f"{shown} holds the current directory; choose an output outside it")
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: parent directory {parent} is not writable")
+            raise OutputError(f"{shown} exists; pass --overwrite to replace it")
+    check_parent(path, shown)
     return path
 
 

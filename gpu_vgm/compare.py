@@ -38,7 +38,7 @@ def iter_file_batches(url, columns, batch_rows=1 << 20):
                     yield path, batch
         except (OSError, pa.ArrowException) as exc:
             raise InputError(
-                f"{path}: not a readable Parquet file ({inputs._first_line(exc)})"
+                f"{path}: not a readable Parquet file ({inputs.first_line(exc)})"
             ) from None
 
 

@@ -350,9 +350,9 @@ def build_parser():
 
 def _run(args) -> int:
     _check_args(args)
-    output = check_output(args.output, args.overwrite)  # fail before reading a large --from file
     if args.source:
         storage.check_apart(args.output, [args.source])
+    output = check_output(args.output, args.overwrite)  # fail before reading a large --from file
     files = args.files or max(1, math.ceil(args.rows / MAX_ROWS_PER_FILE))
     workers = args.workers or os.cpu_count() or 1
     spec = build_spec(args)

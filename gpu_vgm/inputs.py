@@ -87,7 +87,7 @@ def read_metadata(fs, paths):
                 meta = pq.ParquetFile(f).metadata
                 schema = meta.schema.to_arrow_schema()
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
         rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         rg_bytes = tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         files.append(InputFile(path, offset, meta.num_rows, rg_rows, rg_bytes, schema))
@@ -95,7 +95,8 @@ def read_metadata(fs, paths):
     return files
 
 
-def _first_line(exc):
+def first_line(exc):
+    """An exception's first line: library errors can span several."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -180,6 +181,11 @@ def column_ranges(fs, files, columns):
                         continue  # all null: nothing to cover
                     complete[c] = False
                     continue
+                if any(isinstance(v, int) and abs(v) > 2**53 for v in (stats.min, stats.max)):
+                    raise InputError(
+                        f"{f.path}: column {c!r} holds integers beyond 2^53, which float64 "
+                        "cannot hold; such integers cannot be encoded exactly"
+                    )
                 lo, hi = _as_float(stats.min), _as_float(stats.max)
                 if np.isinf(lo) or np.isinf(hi):
                     raise InputError(f"{f.path}: column {c!r} holds infinite values")

@@ -127,7 +127,8 @@ def validate_scalevgm(data, source):
     means = _numbers(comps, "mean", source, within=(-MAX_ABS_VALUE, MAX_ABS_VALUE))
     n = len(means)
     _require(1 <= n <= 10_000, source, f"{n} components; expected 1 to 10000")
-    _numbers(comps, "std", source, n, positive=True, within=(1 / MAX_ABS_VALUE, MAX_ABS_VALUE))
+    # (A fit on values up to 1e150 can give stds a little above it; 4e150 keeps 4s finite.)
+    _numbers(comps, "std", source, n, positive=True, within=(1 / MAX_ABS_VALUE, 4 * MAX_ABS_VALUE))
     _numbers(comps, "weight", source, n, within=(0.0, 1.0))
     _numbers(comps, "logit_const", source, n)
     _numbers(comps, "half_precision", source, n, positive=True)
@@ -233,8 +234,27 @@ def save_models(path, models, extra=None):
 
 
 def fingerprint(models):
-    """SHA-256 of the models' canonical JSON: ties an encoded directory to its model."""
-    text = json.dumps([m.to_dict() for m in models], sort_keys=True, allow_nan=False)
+    """SHA-256 of the models' entries as a model file stores them (canonical JSON): ties an
+    encoded directory to its model."""
+    return _digest([m.to_dict() for m in models])
+
+
+def stored_fingerprint(path, columns):
+    """``fingerprint`` of the given columns' entries exactly as ``path`` holds them (so that a
+    later gpu_vgm, which may write more keys, still recognises today's files)."""
+    from gpu_vgm.model import FORMAT, read_json
+
+    data = read_json(path)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        entries = [data]
+    else:
+        entries = data["columns"]  # load_models has validated the file
+    by_column = {e["params"]["column"]: e for e in entries}
+    return _digest([by_column[c] for c in columns])
+
+
+def _digest(entries):
+    text = json.dumps(entries, sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from gpu_vgm import checkpoint, inputs, schema, storage, tasks
 from gpu_vgm.errors import InputError, VGMError
 from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
-from gpu_vgm.modelfile import fingerprint, load_models, save_models
+from gpu_vgm.modelfile import fingerprint, load_models, save_models, stored_fingerprint
 
 log = logging.getLogger("gpu_vgm")
 MANIFEST = "_manifest.json"
@@ -72,6 +72,21 @@ def plan_encode(opts):
         schema.check_no_clash(f.schema, columns, f.path)
     parts = inputs.plan_partitions(files, inputs.parse_size(opts.partition_size))
     return fs, files, columns, parts
+
+
+def check_apart_from_input(opts, fs, files):
+    """OutputError where ``--output`` or ``--model-out`` would overwrite or mix with the input
+    (the folders of a glob's files count as the input)."""
+    places = [opts.input]
+    if any(ch in str(opts.input) for ch in "*?["):
+        places += sorted({fs.unstrip_protocol(f.path.rsplit("/", 1)[0]) for f in files})
+    storage.check_apart(opts.output, places)
+    if opts.model_out:
+        storage.check_output_file(opts.model_out, opts.overwrite, "--model-out")
+        # A JSON file next to the input is never read as input; inside the output it would be
+        # replaced with it.
+        storage.check_apart(opts.model_out, places, "--model-out", inside="allowed")
+        storage.check_apart(opts.model_out, [opts.output], "--model-out", inside="refused")
 
 
 def _seed(opts):
@@ -187,6 +202,7 @@ def encode_job(
     t_start = time.perf_counter()
     storage.check_output(opts.output, opts.overwrite)
     fs, files, columns, parts = plan or plan_encode(opts)
+    check_apart_from_input(opts, fs, files)
     total_rows = sum(f.num_rows for f in files)
     log.info(
         "%d files, %d rows, %d partitions; encoding %s",
@@ -356,11 +372,11 @@ def read_manifest(directory):
 def decode_job(client, input_dir, output, model_path=None, overwrite=False, progress=None):
     """Restore the original columns, names, types and row order from an encoded directory."""
     t0 = time.perf_counter()
+    storage.check_apart(output, [input_dir])
     storage.check_output(output, overwrite)
     fs, root = inputs.open_fs(input_dir)
     if not fs.isdir(root):
         raise InputError(f"{input_dir}: no such directory")
-    storage.check_apart(output, [input_dir])
     manifest = read_manifest(input_dir)
     models = load_models(model_path or f"{input_dir}/{MODEL}")
     columns = list(manifest["columns"])
@@ -368,11 +384,12 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     if missing:
         raise InputError(f"{model_path or MODEL}: no model for column {missing[0]!r}")
     models = {c: models[c] for c in columns}
-    expected = manifest.get("model_sha256")
-    if expected and fingerprint(list(models.values())) != expected:
+    expected = manifest.get("model_sha256")  # absent in outputs written before it was added
+    if expected and stored_fingerprint(model_path or f"{input_dir}/{MODEL}", columns) != expected:
+        hint = f"use {input_dir}/{MODEL}" if model_path else "it was changed after encoding"
         raise InputError(
-            f"{model_path or MODEL}: not the model {input_dir} was encoded with (its "
-            f"fingerprint differs from the manifest's); use {input_dir}/{MODEL}"
+            f"{model_path or f'{input_dir}/{MODEL}'}: not the model {input_dir} was encoded "
+            f"with (its SHA-256 differs from the manifest's); {hint}"
         )
     fields = {c: schema.field_from_manifest(c, manifest["columns"][c]) for c in columns}
     parts = [p["file"] for p in manifest["parts"]]

@@ -106,7 +106,7 @@ def scan(url, columns, models):
         names += [schema.normalized_name(c), schema.component_name(c)]
     for path, batch in iter_file_batches(url, names):
         for c in columns:
-            x = schema.to_float64(batch.column(c), c, path)
+            x = schema.to_float64(batch.column(c), c, path, exact=False)
             _add_to_describe(acc[c], x)
             if c in models:
                 z, comp = _encoded(batch, c, models[c].kernel_params_.n_ids, path)

@@ -172,6 +172,7 @@ def options_from_args(args):
 def _run(args):
     from gpu_vgm.cluster import dask_client_in_background
     from gpu_vgm.pipeline import (
+        check_apart_from_input,
         encode_job,
         load_for_encode,
         plan_encode,
@@ -181,14 +182,11 @@ def _run(args):
 
     t_start = time.perf_counter()
     opts = options_from_args(args)
+    storage.check_apart(opts.output, [opts.input])  # before "exists": --overwrite won't help
     storage.check_output(opts.output, opts.overwrite)
     plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
     fs, files, columns, _ = plan
-    inputs = [opts.input, *(fs.unstrip_protocol(f.path) for f in files)]
-    storage.check_apart(opts.output, inputs)
-    if opts.model_out:
-        storage.check_output_file(opts.model_out, opts.overwrite, "--model-out")
-        storage.check_apart(opts.model_out, [*inputs, opts.output], "--model-out")
+    check_apart_from_input(opts, fs, files)
     if opts.model_in:
         load_for_encode(opts, plan[2])  # and so does a bad model file
     backend = (

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpu_vgm import inputs
 from gpu_vgm.errors import InputError
 
 COMPONENT_TYPE = pa.int16()
@@ -60,8 +61,9 @@ def null_mask(array):
     return array.is_null().to_numpy(zero_copy_only=False)
 
 
-def to_float64(array, column, source):
-    """An Arrow column as a float64 NumPy array; nulls become NaN."""
+def to_float64(array, column, source, exact=True):
+    """An Arrow column as a float64 NumPy array; nulls become NaN. ``exact``: refuse integers
+    that float64 cannot hold (columns to encode); ``report``'s statistics do without."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     t = array.type
@@ -72,7 +74,7 @@ def to_float64(array, column, source):
         raise InputError(f"{source}: column {column!r} is {t}, expected a numeric column")
     if t != pa.float64():
         try:  # safe: an integer beyond 2^53 has no float64 of its own
-            array = pc.cast(array, pa.float64(), safe=pa.types.is_integer(t))
+            array = pc.cast(array, pa.float64(), safe=exact and pa.types.is_integer(t))
         except pa.ArrowInvalid as exc:
             raise InputError(
                 f"{source}: column {column!r}: {exc}; such integers cannot be encoded exactly"
@@ -109,13 +111,13 @@ def _units_per_one(t):
 
 def decodes_by_rounding(original_type):
     """Integer and decimal columns: ``restore`` rounds their decoded values to a unit."""
-    return _units_per_one(_value_type(original_type)) is not None
+    return _units_per_one(inputs.value_type(original_type)) is not None
 
 
 def inexact_rows(decoded, x, original_type):
     """How many integer or decimal values would not come back from ``decoded`` by ``restore``'s
     rounding (0 for float columns: DESIGN.md's 4-ulp contract covers them)."""
-    units = _units_per_one(_value_type(original_type))
+    units = _units_per_one(inputs.value_type(original_type))
     if units is None:
         return 0
     present = ~np.isnan(x)
@@ -186,10 +188,6 @@ def field_from_manifest(column, info):
         field = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True))).field(0)
     except (ValueError, TypeError, IndexError, pa.ArrowException):
         raise InputError(f"manifest: column {column!r}: unreadable field description") from None
-    if field.name != column or _value_type(field.type) != t:
+    if field.name != column or inputs.value_type(field.type) != t:
         raise InputError(f"manifest: column {column!r}: field {field} does not match its type {t}")
     return field
-
-
-def _value_type(t):
-    return t.value_type if pa.types.is_dictionary(t) else t

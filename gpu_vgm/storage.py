@@ -69,19 +69,17 @@ def check_output_file(url, overwrite=False, flag="--output"):
         if fs.exists(path) and not overwrite:
             raise OutputError(f"{flag} {url} exists; pass --overwrite to replace it")
         return
-    if os.path.isdir(url):
+    path = atomic.resolved(url)
+    if path.is_dir():
         raise OutputError(f"{flag} {url} is a directory; give a file name")
-    if os.path.lexists(url) and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputError(f"{flag} {url} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(url))
-    if not os.path.isdir(parent):
-        raise OutputError(f"{flag} {url}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {url}: parent directory {parent} is not writable")
+    atomic.check_parent(path, f"{flag} {url}")
 
 
 def place(url):
-    """(protocol, absolute normalized path) of a local path or URL, to compare places."""
+    """(protocol, absolute path) of a local path or URL, to compare places (local paths fully
+    resolved: a symlink to the input overlaps it)."""
     if not is_remote(url):
         return "file", os.path.realpath(str(url).removeprefix("file://"))
     fs, path = filesystem(url)
@@ -89,19 +87,32 @@ def place(url):
     return protocol, "/" + path.strip("/")
 
 
-def _within(inner, outer):
-    return inner[0] == outer[0] and (
-        inner[1] == outer[1] or inner[1].startswith(outer[1].rstrip("/") + "/")
-    )
+def _relative(inner, outer):
+    """The path of ``inner`` below ``outer`` ("" for the same place), or None."""
+    if inner[0] != outer[0]:
+        return None
+    if inner[1] == outer[1]:
+        return ""
+    prefix = outer[1].rstrip("/") + "/"
+    return inner[1][len(prefix) :] if inner[1].startswith(prefix) else None
 
 
-def check_apart(output, inputs, flag="--output"):
-    """OutputError where ``output`` is an input, holds one (``--overwrite`` would delete it) or
-    lies inside an input directory (the next run would read it as input)."""
+def check_apart(output, inputs, flag="--output", inside="unless-hidden"):
+    """OutputError where ``output`` is or holds one of ``inputs`` (``--overwrite`` would delete
+    it), or lies inside one: ``inside`` says whether that is "refused", "allowed", or refused
+    "unless-hidden": a name starting with "_" or "." is never read back as input."""
     out = place(output)
     for inp in inputs:
         where = place(inp)
-        if _within(where, out) or _within(out, where):
+        below = _relative(out, where)
+        nested = below is not None and (
+            inside == "refused"
+            or (
+                inside == "unless-hidden"
+                and not any(part.startswith(("_", ".")) for part in below.split("/") if part)
+            )
+        )
+        if _relative(where, out) is not None or nested:
             raise OutputError(f"{flag} {output} overlaps {inp}; choose a place outside it")
 
 

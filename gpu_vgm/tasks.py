@@ -12,8 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpu_vgm import schema, storage
-from gpu_vgm.errors import InputError, VGMError
+from gpu_vgm import inputs, schema, storage
+from gpu_vgm.errors import InputError, VGMError, shorten
+from gpu_vgm.params import MAX_ABS_VALUE
 
 PART_NAME = "part-{:05d}.parquet"
 
@@ -25,9 +26,19 @@ def read_row_groups(fs, path, row_groups, columns=None):
                 list(row_groups), columns=columns, use_threads=False
             )
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(
-            f"{path}: cannot read row groups {list(row_groups)} ({_line(exc)})"
-        ) from None
+        where = _first_unreadable(fs, path, row_groups, columns)
+        raise InputError(f"{path}: cannot read {where} ({inputs.first_line(exc)})") from None
+
+
+def _first_unreadable(fs, path, row_groups, columns):
+    """Which row group of a failed read is damaged (read one by one: the error path only)."""
+    for rg in row_groups:
+        try:
+            with fs.open(path, "rb") as f:
+                pq.ParquetFile(f).read_row_group(rg, columns=columns, use_threads=False)
+        except (OSError, pa.ArrowException):
+            return f"row group {rg}"
+    return f"row groups {shorten(row_groups)}"
 
 
 def read_table(fs, path):
@@ -35,12 +46,9 @@ def read_table(fs, path):
         with fs.open(path, "rb") as f:
             return pq.read_table(f, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({_line(exc)})") from None
-
-
-def _line(exc):
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        raise InputError(
+            f"{path}: not a readable Parquet file ({inputs.first_line(exc)})"
+        ) from None
 
 
 def write_part(table, out_dir, index, plain_columns=()):
@@ -88,6 +96,11 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
             z, comp, n_out = column_encoder(model, x, part.row_offset)
         except VGMError as exc:
             raise InputError(f"{part.path}: {exc}") from None
+        if not np.isfinite(z).all():  # a model (--model-in) far narrower than these values
+            raise InputError(
+                f"{part.path}: column {column!r}: values too far from the model's components "
+                f"for {model.dtype} normalized values (beyond {MAX_ABS_VALUE:g}?)"
+            )
         lost = 0
         if schema.decodes_by_rounding(values.type):  # floats: DESIGN.md's 4-ulp contract
             lost = schema.inexact_rows(model.inverse_transform(z, comp), x, values.type)

@@ -307,3 +307,90 @@ def test_option_errors_and_worker_failures_are_one_line(tmp_path):
         assert proc.returncode != 0
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- review follow-ups
+def test_hidden_outputs_next_to_the_input_are_allowed(encoded, tmp_path):
+    """Names starting with "_" or "." are never read as input, so they may live inside it."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(encoded / "in", data)
+    assert encode(data, data / "_enc", "--model-out", str(data / "model.json")) == 0
+    assert (data / "model.json").exists()
+    assert decode(data / "_enc", data / "_restored") == 0
+
+
+def test_a_symlinked_parent_is_resolved_the_way_the_os_resolves_it(encoded, tmp_path, monkeypatch):
+    import shutil
+
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    shutil.copytree(encoded / "in", proj / "x")
+    (elsewhere / "t").mkdir(parents=True)
+    (proj / "link").symlink_to(elsewhere / "t")
+    monkeypatch.chdir(proj)
+    before = pq.read_table(proj / "x")
+    # "link/../x" is elsewhere/x for the OS, not proj/x (the input)
+    assert encode("x", "link/../x", "--overwrite") == 0
+    assert (elsewhere / "x" / "_manifest.json").exists()
+    assert pq.read_table(proj / "x").equals(before)
+
+
+def test_report_describes_integer_columns_float64_cannot_hold(tmp_path):
+    from gpu_vgm import report
+
+    x = np.random.default_rng(4).normal(100, 5, 3000)
+    ids = np.arange(3000, dtype=np.int64) + 1_700_000_000_000_000_000  # ns timestamps
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"Amount": x, "ts_ns": ids}))
+    assert encode(inp, tmp_path / "enc", "--columns", "Amount") == 0
+    assert report.main(["--input", str(tmp_path / "enc"), "--quiet"]) == 0
+
+
+def test_a_mixture_fitted_on_values_near_the_limit_loads_back(tmp_path):
+    x = np.concatenate([np.full(50, -1e150), np.full(50, 1e150)])
+    model = ScaleVGM(column="v", n_components=1, max_iter=20).fit(x)
+    assert model.stds_.max() > 1e150  # the case that was refused on load
+    ScaleVGM.from_dict(json.loads(json.dumps(model.to_dict())))
+
+
+def test_outputs_written_before_the_manifest_had_fields_and_a_fingerprint_decode(encoded, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(encoded / "enc", old)
+    manifest = json.loads((old / "_manifest.json").read_text())
+    del manifest["model_sha256"]
+    for info in manifest["columns"].values():
+        del info["field"]
+    (old / "_manifest.json").write_text(json.dumps(manifest))
+    assert decode(old, tmp_path / "back") == 0
+    assert pq.read_table(tmp_path / "back").num_rows == 3000
+
+
+def test_values_a_loaded_model_cannot_normalize_are_refused(tmp_path, capsys):
+    small = write(tmp_path / "a" / "a.parquet", pa.table({"v": np.linspace(1, 100, 3000)}))
+    model = tmp_path / "m.json"
+    assert encode(small, tmp_path / "enc_a", "--dtype", "float32", "--model-out", str(model)) == 0
+    far = write(tmp_path / "b" / "a.parquet", pa.table({"v": [5.0, 1e45, 7.0] * 10}))
+    assert encode(far, tmp_path / "enc_b", "--model-in", str(model)) != 0
+    assert "too far from the model" in one_line(capsys)
+    assert not (tmp_path / "enc_b").exists()
+
+
+def test_a_damaged_row_group_is_named(tmp_path, capsys):
+    x = np.random.default_rng(5).normal(50, 5, 10_000)
+    clean = write(tmp_path / "clean" / "a.parquet", pa.table({"v": x}), row_group_size=500)
+    model = tmp_path / "m.json"
+    assert encode(clean, tmp_path / "enc", "--model-out", str(model)) == 0
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = bytearray((clean / "a.parquet").read_bytes())
+    chunk = pq.ParquetFile(clean / "a.parquet").metadata.row_group(13).column(0)
+    start = chunk.data_page_offset + 40  # inside the page's values, past its header
+    data[start : start + 200] = b"\xff" * 200
+    (damaged / "a.parquet").write_bytes(bytes(data))
+    args = ["--model-in", str(model), "--partition-size", "100000"]  # one task, 20 row groups
+    assert encode(damaged, tmp_path / "out", *args) != 0
+    err = one_line(capsys)
+    assert "row group 13 " in err, err
+    assert not (tmp_path / "out").exists()
