@@ -26,13 +26,7 @@ _FITTED_KEYS = {
     "sample_size",
 }
 _COMPONENT_KEYS = {"mean", "std", "weight", "logit_const", "half_precision", "active", "origin"}
-_SKLEARN_KEYS = {
-    "weights_",
-    "means_",
-    "covariances_",
-    "precisions_cholesky_",
-    "mean_precision_",
-    "degrees_of_freedom_",
+_SKLEARN_OTHER_KEYS = {
     "weight_concentration_",
     "n_components",
     "converged_",
@@ -180,7 +174,9 @@ def validate_scalevgm(data, source):
 
 def _validate_sklearn(sk, n_mixture, source):
     _require(isinstance(sk, dict), source, "fitted.sklearn must be an object or null")
-    _keys(sk, _SKLEARN_KEYS, source, "fitted.sklearn")
+    from gpu_vgm.model import _SKLEARN_ARRAYS
+
+    _keys(sk, {*_SKLEARN_ARRAYS, *_SKLEARN_OTHER_KEYS}, source, "fitted.sklearn")
     _require(sk.get("n_components") == n_mixture, source, "sklearn.n_components != n_mixture")
     for key in ("weights_", "means_"):
         _numbers(sk, key, source, n_mixture)
