@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 
 import fsspec
 
@@ -138,5 +139,12 @@ def output_directory(url, overwrite=False, reuse=None, last="_manifest.json"):
         for name in sorted(names, key=lambda n: n == last):  # the manifest goes last
             fs.copy(f"{tmp_path}/{name}", f"{path.rstrip('/')}/{name}")
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm(tmp_path, recursive=True)
+        # A worker still finishing a task of a failed job may write a part after the first
+        # removal: go again until the prefix stays empty (as atomic._remove does locally).
+        for _ in range(50):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(tmp_path, recursive=True)
+            fs.invalidate_cache()
+            if not fs.exists(tmp_path):
+                break
+            time.sleep(0.1)
