@@ -76,6 +76,9 @@ def run_command(parser, body, argv=None):
 
     parser.error = one_line_error
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():  # file:///x is the local path /x, for every command
+        if isinstance(value, str) and value.startswith("file://"):
+            setattr(args, name, value.removeprefix("file://"))
     setup_logging(args)
     return guarded(body, args, parser.prog)
 

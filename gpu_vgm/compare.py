@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpu_vgm import cli, inputs
-from gpu_vgm.errors import InputError
+from gpu_vgm.errors import InputError, first_line
 from gpu_vgm.modelfile import load_models
 
 log = logging.getLogger("gpu_vgm")
@@ -37,9 +37,7 @@ def iter_file_batches(url, columns, batch_rows=1 << 20):
                 ):
                     yield path, batch
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(
-                f"{path}: not a readable Parquet file ({inputs.first_line(exc)})"
-            ) from None
+            raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
 
 
 def iter_batches(url, columns, batch_rows=1 << 20):

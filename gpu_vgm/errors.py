@@ -40,3 +40,9 @@ def shorten(values, limit=5):
     values = list(values)
     text = ", ".join(str(v) for v in values[:limit])
     return text + (f" + {len(values) - limit} more" if len(values) > limit else "")
+
+
+def first_line(exc):
+    """An exception's first line: library errors can span several."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

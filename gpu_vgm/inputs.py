@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpu_vgm.errors import InputError, shorten
+from gpu_vgm.errors import InputError, first_line, shorten
 from gpu_vgm.params import MAX_ABS_VALUE
 
 # A decimal of up to 15 digits has a float64 that rounds back to it; the encoder still checks
@@ -93,12 +93,6 @@ def read_metadata(fs, paths):
         files.append(InputFile(path, offset, meta.num_rows, rg_rows, rg_bytes, schema))
         offset += meta.num_rows
     return files
-
-
-def first_line(exc):
-    """An exception's first line: library errors can span several."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def value_type(t):

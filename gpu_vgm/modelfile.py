@@ -250,8 +250,19 @@ def stored_fingerprint(path, columns):
 
 
 def _digest(entries):
-    text = json.dumps(entries, sort_keys=True, allow_nan=False)
+    text = json.dumps(_numbers_as_floats(entries), sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _numbers_as_floats(value):
+    """1 and 1.0 alike: a JSON tool that re-saves the file may write either."""
+    if isinstance(value, dict):
+        return {k: _numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_numbers_as_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def load_models(path):

@@ -85,8 +85,10 @@ def check_apart_from_input(opts, fs, files):
         storage.check_output_file(opts.model_out, opts.overwrite, "--model-out")
         # A JSON file next to the input is never read as input; inside the output it would be
         # replaced with it.
-        storage.check_apart(opts.model_out, places, "--model-out", inside="allowed")
+        storage.check_apart(opts.model_out, places, "--model-out", inside="json")
         storage.check_apart(opts.model_out, [opts.output], "--model-out", inside="refused")
+    if opts.model_in:  # --overwrite would delete it before it is read
+        storage.check_apart(opts.model_in, [opts.output], "--model-in", inside="refused")
 
 
 def _seed(opts):
@@ -373,6 +375,8 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     """Restore the original columns, names, types and row order from an encoded directory."""
     t0 = time.perf_counter()
     storage.check_apart(output, [input_dir])
+    if model_path:  # --overwrite would delete it before it is read
+        storage.check_apart(model_path, [output], "--model", inside="refused")
     storage.check_output(output, overwrite)
     fs, root = inputs.open_fs(input_dir)
     if not fs.isdir(root):

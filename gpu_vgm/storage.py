@@ -15,7 +15,7 @@ import time
 import fsspec
 
 from gpu_vgm import atomic
-from gpu_vgm.errors import OutputError
+from gpu_vgm.errors import InputError, OutputError, first_line
 
 
 def is_remote(url):
@@ -57,10 +57,26 @@ def check_output(url, overwrite=False):
     """Fail early (OutputError) where ``url`` cannot become a new output directory."""
     if not is_remote(url):
         return atomic.check_output(url, overwrite)
-    fs, path = filesystem(url)
-    if fs.exists(path) and not overwrite:
+    fs, path = remote_fs(url)
+    try:
+        exists = fs.exists(path)
+    except Exception as exc:  # credentials, network: whatever the store's client raises
+        raise OutputError(f"{url}: cannot reach it ({first_line(exc)})") from None
+    if exists and not overwrite:
         raise OutputError(f"{url} exists; pass --overwrite to replace it")
     return url
+
+
+def remote_fs(url):
+    """(filesystem, path) of an output URL; one line for a scheme fsspec does not know, and
+    memory://, which the worker processes do not share with this one."""
+    try:
+        fs, path = filesystem(url)
+    except (ImportError, ValueError) as exc:
+        raise OutputError(f"{url}: cannot open this location ({first_line(exc)})") from None
+    if "memory" in ([fs.protocol] if isinstance(fs.protocol, str) else fs.protocol):
+        raise OutputError(f"{url}: memory:// is private to each process; use a path or a store")
+    return fs, path
 
 
 def check_output_file(url, overwrite=False, flag="--output"):
@@ -83,9 +99,35 @@ def place(url):
     resolved: a symlink to the input overlaps it)."""
     if not is_remote(url):
         return "file", os.path.realpath(str(url).removeprefix("file://"))
-    fs, path = filesystem(url)
+    try:
+        fs, path = filesystem(url)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{url}: cannot open this location ({first_line(exc)})") from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol, "/" + path.strip("/")
+
+
+def _replaceable(url):
+    """Nothing there yet, or a folder gpu_vgm wrote (its _manifest.json says so)."""
+    if is_remote(url):
+        fs, path = filesystem(url)
+        if not fs.exists(path):
+            return True
+        manifest = f"{path.rstrip('/')}/_manifest.json"
+        if not fs.isfile(manifest):
+            return False
+        text = fs.cat_file(manifest).decode("utf-8", "replace")
+    else:
+        path = atomic.resolved(url)
+        if not (path.exists() or path.is_symlink()):
+            return True
+        if path.is_symlink() or not (path / "_manifest.json").is_file():
+            return False
+        text = (path / "_manifest.json").read_text(encoding="utf-8", errors="replace")
+    try:
+        return str(json.loads(text).get("format", "")).startswith("gpu_vgm.")
+    except (ValueError, AttributeError):
+        return False
 
 
 def _relative(inner, outer):
@@ -100,21 +142,28 @@ def _relative(inner, outer):
 
 def check_apart(output, inputs, flag="--output", inside="unless-hidden"):
     """OutputError where ``output`` is or holds one of ``inputs`` (``--overwrite`` would delete
-    it), or lies inside one: ``inside`` says whether that is "refused", "allowed", or refused
-    "unless-hidden": a name starting with "_" or "." is never read back as input."""
+    it), or lies inside one. ``inside`` says what may lie inside an input: nothing
+    ("refused"); a new folder, or one gpu_vgm wrote, with a name starting with "_" or "."
+    ("unless-hidden": never read back as input, and never the input's own _model.json,
+    _metadata or _delta_log); or a JSON file outside such names ("json": a model file)."""
     out = place(output)
     for inp in inputs:
         where = place(inp)
         below = _relative(out, where)
-        nested = below is not None and (
-            inside == "refused"
-            or (
-                inside == "unless-hidden"
-                and not any(part.startswith(("_", ".")) for part in below.split("/") if part)
-            )
-        )
-        if _relative(where, out) is not None or nested:
+        if _relative(where, out) is not None or (
+            below is not None and not _may_lie_inside(output, below, inside)
+        ):
             raise OutputError(f"{flag} {output} overlaps {inp}; choose a place outside it")
+
+
+def _may_lie_inside(output, below, inside):
+    parts = [p for p in below.split("/") if p]
+    hidden = any(p.startswith(("_", ".")) for p in parts)
+    if inside == "unless-hidden":
+        return hidden and _replaceable(output)
+    if inside == "json":
+        return bool(parts) and not hidden and parts[-1].endswith(".json")
+    return False
 
 
 @contextlib.contextmanager

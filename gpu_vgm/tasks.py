@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpu_vgm import inputs, schema, storage
-from gpu_vgm.errors import InputError, VGMError, shorten
+from gpu_vgm import schema, storage
+from gpu_vgm.errors import InputError, VGMError, first_line, shorten
 from gpu_vgm.params import MAX_ABS_VALUE
 
 PART_NAME = "part-{:05d}.parquet"
@@ -27,7 +27,7 @@ def read_row_groups(fs, path, row_groups, columns=None):
             )
     except (OSError, pa.ArrowException) as exc:
         where = _first_unreadable(fs, path, row_groups, columns)
-        raise InputError(f"{path}: cannot read {where} ({inputs.first_line(exc)})") from None
+        raise InputError(f"{path}: cannot read {where} ({first_line(exc)})") from None
 
 
 def _first_unreadable(fs, path, row_groups, columns):
@@ -46,9 +46,7 @@ def read_table(fs, path):
         with fs.open(path, "rb") as f:
             return pq.read_table(f, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(
-            f"{path}: not a readable Parquet file ({inputs.first_line(exc)})"
-        ) from None
+        raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
 
 
 def write_part(table, out_dir, index, plain_columns=()):
@@ -221,6 +219,12 @@ def column_min_max(fs, part, columns):
             )
         finite = x[~np.isnan(x)]
         out[c] = (float(finite.min()), float(finite.max())) if finite.size else None
+        if out[c] and max(abs(out[c][0]), abs(out[c][1])) > MAX_ABS_VALUE:
+            raise InputError(
+                f"{part.path}: column {c!r} holds values up to "
+                f"{max(abs(out[c][0]), abs(out[c][1])):.3g} in magnitude; gpu_vgm encodes "
+                f"|x| <= {MAX_ABS_VALUE:g}"
+            )
     return out
 
 

@@ -394,3 +394,42 @@ def test_a_damaged_row_group_is_named(tmp_path, capsys):
     err = one_line(capsys)
     assert "row group 13 " in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_second_audit_paths_into_the_input_and_odd_urls(encoded, tmp_path, capsys):
+    import shutil
+
+    data, enc = tmp_path / "data", tmp_path / "enc"
+    shutil.copytree(encoded / "in", data)
+    shutil.copytree(encoded / "enc", enc)
+    (data / "_metadata").write_bytes(b"a summary file Parquet readers use")
+    pristine = {p.name: p.read_bytes() for p in [*data.iterdir(), *enc.iterdir()]}
+    model = enc / "_model.json"
+    (tmp_path / "out").mkdir()
+    shutil.copy(model, tmp_path / "out" / "m.json")
+    part = next(data.glob("*.parquet"))
+    for call, message in [
+        # hidden names are allowed inside the input only where nothing but gpu_vgm wrote
+        (lambda: decode(enc, enc / "_model.json", "--overwrite"), "overlaps"),
+        (lambda: encode(data, data / "_metadata", "--overwrite"), "overlaps"),
+        # a model file inside the input must be a new JSON name, never an input file
+        (
+            lambda: encode(data, tmp_path / "o1", "--model-out", str(part), "--overwrite"),
+            "overlaps",
+        ),
+        # --overwrite would delete the model before it is read
+        (
+            lambda: decode(
+                enc, tmp_path / "out", "--model", str(tmp_path / "out" / "m.json"), "--overwrite"
+            ),
+            "overlaps",
+        ),
+        (lambda: encode(data, "foo://x"), "Protocol not known"),
+        (lambda: encode(data, "memory://x"), "private to each process"),
+    ]:
+        assert call() != 0
+        assert message in one_line(capsys)
+    assert {p.name: p.read_bytes() for p in [*data.iterdir(), *enc.iterdir()]} == pristine
+    assert (tmp_path / "out" / "m.json").exists()
+    assert decode(f"file://{enc}", tmp_path / "back") == 0  # file:// is a local path
+    assert encode(data, data / "_enc") == 0 and encode(data, data / "_enc", "--overwrite") == 0
