@@ -57,14 +57,17 @@ def check_output(url, overwrite=False):
     """Fail early (OutputError) where ``url`` cannot become a new output directory."""
     if not is_remote(url):
         return atomic.check_output(url, overwrite)
-    fs, path = remote_fs(url)
-    try:
-        exists = fs.exists(path)
-    except Exception as exc:  # credentials, network: whatever the store's client raises
-        raise OutputError(f"{url}: cannot reach it ({first_line(exc)})") from None
-    if exists and not overwrite:
+    if _remote_exists(url) and not overwrite:
         raise OutputError(f"{url} exists; pass --overwrite to replace it")
     return url
+
+
+def _remote_exists(url, name=""):
+    fs, path = remote_fs(url)
+    try:
+        return fs.exists(f"{path.rstrip('/')}/{name}" if name else path)
+    except Exception as exc:  # credentials, network: whatever the store's client raises
+        raise OutputError(f"{url}: cannot reach it ({first_line(exc)})") from None
 
 
 def remote_fs(url):
@@ -82,8 +85,7 @@ def remote_fs(url):
 def check_output_file(url, overwrite=False, flag="--output"):
     """Fail early (OutputError) where ``url`` cannot become a new file."""
     if is_remote(url):
-        fs, path = filesystem(url)
-        if fs.exists(path) and not overwrite:
+        if _remote_exists(url) and not overwrite:
             raise OutputError(f"{flag} {url} exists; pass --overwrite to replace it")
         return
     path = atomic.resolved(url)
@@ -110,13 +112,12 @@ def place(url):
 def _replaceable(url):
     """Nothing there yet, or a folder gpu_vgm wrote (its _manifest.json says so)."""
     if is_remote(url):
-        fs, path = filesystem(url)
-        if not fs.exists(path):
+        if not _remote_exists(url):
             return True
-        manifest = f"{path.rstrip('/')}/_manifest.json"
-        if not fs.isfile(manifest):
+        if not _remote_exists(url, "_manifest.json"):
             return False
-        text = fs.cat_file(manifest).decode("utf-8", "replace")
+        fs, path = remote_fs(url)
+        text = fs.cat_file(f"{path.rstrip('/')}/_manifest.json").decode("utf-8", "replace")
     else:
         path = atomic.resolved(url)
         if not (path.exists() or path.is_symlink()):
