@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpu_vgm.errors import InputError, first_line, shorten
-from gpu_vgm.params import MAX_ABS_VALUE
+from gpu_vgm.params import check_magnitude
 
 # A decimal of up to 15 digits has a float64 that rounds back to it; the encoder still checks
 # every row (schema.inexact_rows), since the decoding error can reach a few units of the last
@@ -183,11 +183,7 @@ def column_ranges(fs, files, columns):
                 lo, hi = _as_float(stats.min), _as_float(stats.max)
                 if np.isinf(lo) or np.isinf(hi):
                     raise InputError(f"{f.path}: column {c!r} holds infinite values")
-                if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
-                    raise InputError(
-                        f"{f.path}: column {c!r} holds values up to {max(abs(lo), abs(hi)):.3g} "
-                        f"in magnitude; gpu_vgm encodes |x| <= {MAX_ABS_VALUE:g}"
-                    )
+                check_magnitude(lo, hi, c, f.path)
                 r = ranges[c]
                 r[0], r[1] = min(r[0], lo), max(r[1], hi)
     return {

@@ -16,11 +16,11 @@ import numpy as np
 from gpu_vgm import rng, storage
 from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
 from gpu_vgm.params import (
-    MAX_ABS_VALUE,
     MAX_COMPONENTS,
     MAX_SEED,
     RADIUS_FACTOR,
     KernelParams,
+    check_magnitude,
     round_to,
 )
 
@@ -150,12 +150,7 @@ class ScaleVGM:
         special = np.array(sorted(set(float(v) for v in self.special_values)), dtype=np.float64)
         fit_values = finite[~np.isin(finite, special)]
         lo, hi = _value_range(finite, value_range, self.column)
-        if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
-            raise InputError(
-                f"column {self.column!r}: values up to {max(abs(lo), abs(hi)):.3g} in magnitude; "
-                f"gpu_vgm encodes |x| <= {MAX_ABS_VALUE:g} (the mixture's variances overflow "
-                "beyond that)"
-            )
+        check_magnitude(lo, hi, self.column)
 
         bgmm = None
         self.converged_ = True

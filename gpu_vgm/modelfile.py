@@ -235,16 +235,15 @@ def fingerprint(models):
     return _digest([m.to_dict() for m in models])
 
 
-def stored_fingerprint(path, columns):
-    """``fingerprint`` of the given columns' entries exactly as ``path`` holds them (so that a
-    later gpu_vgm, which may write more keys, still recognises today's files)."""
-    from gpu_vgm.model import FORMAT, read_json
+def stored_fingerprint(data, columns):
+    """``fingerprint`` of the given columns' entries exactly as a model file's ``data`` holds
+    them (so that a later gpu_vgm, which may write more keys, still recognises today's files)."""
+    from gpu_vgm.model import FORMAT
 
-    data = read_json(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         entries = [data]
     else:
-        entries = data["columns"]  # load_models has validated the file
+        entries = data["columns"]  # models_from_data has validated it
     by_column = {e["params"]["column"]: e for e in entries}
     return _digest([by_column[c] for c in columns])
 
@@ -267,10 +266,16 @@ def _numbers_as_floats(value):
 
 def load_models(path):
     """Read a model file (a set or a single ScaleVGM) -> {column: ScaleVGM} in file order."""
-    from gpu_vgm.model import FORMAT, ScaleVGM, read_json
+    from gpu_vgm.model import read_json
 
-    source = str(path)
-    data = read_json(path)
+    return models_from_data(read_json(path), str(path))
+
+
+def models_from_data(data, source):
+    """``load_models`` of a model file's parsed JSON (``source``: its name, for errors)."""
+    from gpu_vgm.model import FORMAT, ScaleVGM
+
+    source = str(source)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         model = ScaleVGM.from_dict(data, source)
         return {model.column: model}

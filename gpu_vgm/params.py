@@ -17,6 +17,19 @@ MAX_SEED = 2**32 - 1  # scikit-learn's random_state limit
 MAX_ABS_VALUE = 1e150
 
 
+def check_magnitude(lo, hi, column, source=None):
+    """InputError where a column's values reach beyond MAX_ABS_VALUE in magnitude."""
+    from gpu_vgm.errors import InputError
+
+    top = max(abs(lo), abs(hi))
+    if top > MAX_ABS_VALUE:
+        where = f"{source}: " if source else ""
+        raise InputError(
+            f"{where}column {column!r} holds values up to {top:.3g} in magnitude; gpu_vgm "
+            f"encodes |x| <= {MAX_ABS_VALUE:g} (the mixture's variances overflow beyond that)"
+        )
+
+
 class KernelParams(NamedTuple):
     """Arrays for one column (float64 unless noted); identical for the CPU and GPU kernels.
 

@@ -19,7 +19,13 @@ import numpy as np
 from gpu_vgm import checkpoint, inputs, schema, storage, tasks
 from gpu_vgm.errors import InputError, VGMError
 from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
-from gpu_vgm.modelfile import fingerprint, load_models, save_models, stored_fingerprint
+from gpu_vgm.modelfile import (
+    fingerprint,
+    load_models,
+    models_from_data,
+    save_models,
+    stored_fingerprint,
+)
 
 log = logging.getLogger("gpu_vgm")
 MANIFEST = "_manifest.json"
@@ -382,18 +388,20 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     if not fs.isdir(root):
         raise InputError(f"{input_dir}: no such directory")
     manifest = read_manifest(input_dir)
-    models = load_models(model_path or f"{input_dir}/{MODEL}")
+    model_file = model_path or f"{input_dir}/{MODEL}"
+    model_data = read_json(model_file)  # read once: for the models and for their fingerprint
+    models = models_from_data(model_data, model_file)
     columns = list(manifest["columns"])
     missing = [c for c in columns if c not in models]
     if missing:
         raise InputError(f"{model_path or MODEL}: no model for column {missing[0]!r}")
     models = {c: models[c] for c in columns}
     expected = manifest.get("model_sha256")  # absent in outputs written before it was added
-    if expected and stored_fingerprint(model_path or f"{input_dir}/{MODEL}", columns) != expected:
+    if expected and stored_fingerprint(model_data, columns) != expected:
         hint = f"use {input_dir}/{MODEL}" if model_path else "it was changed after encoding"
         raise InputError(
-            f"{model_path or f'{input_dir}/{MODEL}'}: not the model {input_dir} was encoded "
-            f"with (its SHA-256 differs from the manifest's); {hint}"
+            f"{model_file}: not the model {input_dir} was encoded with (its SHA-256 differs "
+            f"from the manifest's); {hint}"
         )
     fields = {c: schema.field_from_manifest(c, manifest["columns"][c]) for c in columns}
     parts = [p["file"] for p in manifest["parts"]]

@@ -84,12 +84,16 @@ def to_float64(array, column, source, exact=True):
     return array.to_numpy(zero_copy_only=False)
 
 
-def encoded_columns(z, component, nulls=None):
-    """Arrow arrays for one encoded column; rows where ``nulls`` is set get NULL_COMPONENT
-    (the kernels encoded them as NaN: component -1, z = 0)."""
+def append_encoded(table, column, z, component, nulls=None):
+    """``table`` with ``<column>_normalized`` and ``<column>_component`` appended (non-nullable);
+    rows where ``nulls`` is set get NULL_COMPONENT (the kernels encoded them as NaN:
+    component -1, z = 0)."""
     if nulls is not None:
         component = np.where(nulls, NULL_COMPONENT, component).astype(component.dtype)
-    return pa.array(z), pa.array(component, type=COMPONENT_TYPE)
+    z_arr = pa.array(z)
+    table = table.append_column(pa.field(normalized_name(column), z_arr.type, False), z_arr)
+    comp_arr = pa.array(component, type=COMPONENT_TYPE)
+    return table.append_column(pa.field(component_name(column), COMPONENT_TYPE, False), comp_arr)
 
 
 def split_nulls(component):
@@ -130,9 +134,7 @@ def restore(values, original_type, nulls=None):
     Integers and decimals are rounded first (their decoding error is far below 0.5 units);
     rows in ``nulls`` become null, and so does NaN for types that have no NaN.
     """
-    t = original_type
-    if pa.types.is_dictionary(t):
-        t = t.value_type
+    t = inputs.value_type(original_type)
     missing = np.isnan(values) if nulls is None else np.isnan(values) | nulls
     if pa.types.is_floating(t):
         if not pa.types.is_float64(t):

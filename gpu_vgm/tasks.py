@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from gpu_vgm import schema, storage
 from gpu_vgm.errors import InputError, VGMError, first_line, shorten
-from gpu_vgm.params import MAX_ABS_VALUE
+from gpu_vgm.params import MAX_ABS_VALUE, check_magnitude
 
 PART_NAME = "part-{:05d}.parquet"
 
@@ -109,13 +109,7 @@ def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encode
                 "cast it to float64"
                 + (", or use --dtype float64" if model.dtype != "float64" else "")
             )
-        z_arr, comp_arr = schema.encoded_columns(z, comp, schema.null_mask(values))
-        table = table.append_column(
-            pa.field(schema.normalized_name(column), z_arr.type, False), z_arr
-        )
-        table = table.append_column(
-            pa.field(schema.component_name(column), schema.COMPONENT_TYPE, False), comp_arr
-        )
+        table = schema.append_encoded(table, column, z, comp, schema.null_mask(values))
         out_of_coverage[column] = int(n_out)
     t_encode = time.perf_counter()
     write_part(table, out_dir, part.index, [schema.normalized_name(c) for c in models])
@@ -179,11 +173,8 @@ def write_empty_part(input_schema, models, out_dir):
     """Part 0 of an input without rows: no data, but every output column and type."""
     table = input_schema.empty_table()
     for column, model in models.items():
-        z, comp = schema.encoded_columns(np.zeros(0, dtype=model.dtype), np.zeros(0, np.int16))
-        table = table.append_column(pa.field(schema.normalized_name(column), z.type, False), z)
-        table = table.append_column(
-            pa.field(schema.component_name(column), schema.COMPONENT_TYPE, False), comp
-        )
+        z, comp = np.zeros(0, dtype=model.dtype), np.zeros(0, np.int16)
+        table = schema.append_encoded(table, column, z, comp)
     write_part(table, out_dir, 0, [schema.normalized_name(c) for c in models])
     return {
         "index": 0,
@@ -219,12 +210,8 @@ def column_min_max(fs, part, columns):
             )
         finite = x[~np.isnan(x)]
         out[c] = (float(finite.min()), float(finite.max())) if finite.size else None
-        if out[c] and max(abs(out[c][0]), abs(out[c][1])) > MAX_ABS_VALUE:
-            raise InputError(
-                f"{part.path}: column {c!r} holds values up to "
-                f"{max(abs(out[c][0]), abs(out[c][1])):.3g} in magnitude; gpu_vgm encodes "
-                f"|x| <= {MAX_ABS_VALUE:g}"
-            )
+        if out[c]:
+            check_magnitude(*out[c], c, part.path)
     return out
 
 
