@@ -19,6 +19,11 @@ from gpu_vgm.errors import BackendUnavailableError
 
 log = logging.getLogger("gpu_vgm")
 LOCALHOST = "127.0.0.1"
+# CPU cores per worker process. The encode releases the GIL (pyarrow's reader and writer, a
+# nogil numba kernel, NumPy), so threads of one process encode as fast as processes do, and
+# the process starts and loads the kernel once: on 2 cores, one process with 2 threads made
+# the whole 100M-row job 0.3-0.5 s faster than two processes (same encode time).
+CORES_PER_WORKER_PROCESS = 4
 
 
 def _dashboard_address():
@@ -54,6 +59,8 @@ def dask_client_in_background(
 
     ``kernels_mode``: workers of a cluster started here load the CPU encode kernel for this
     mode ("argmax" or "sample") as they start (``gpu_vgm.worker_setup``).
+
+    ``workers``: CPU cores (worker threads) of a local CPU cluster; see ``cpu_layout``.
     """
     from distributed import Client
 
@@ -102,14 +109,23 @@ def _worker_log_level():
     return logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
 
 
+def cpu_layout(cores):
+    """(worker processes, threads each) for ``cores`` CPU cores: one process per
+    ``CORES_PER_WORKER_PROCESS`` cores, which keeps each process's GIL lightly used and a
+    killed process a partial loss (its nanny restarts it and Dask reruns its parts)."""
+    processes = -(-cores // CORES_PER_WORKER_PROCESS)
+    return processes, -(-cores // processes)
+
+
 def _local_cluster(backend, workers, gpus, local_dir):
     from distributed import LocalCluster
 
     if backend == "gpu":
         return _cuda_cluster(gpus or 1, local_dir)
+    processes, threads = cpu_layout(workers or os.cpu_count() or 1)
     return LocalCluster(
-        n_workers=workers or os.cpu_count() or 1,
-        threads_per_worker=1,
+        n_workers=processes,
+        threads_per_worker=threads,
         processes=True,
         host=LOCALHOST,
         dashboard_address=_dashboard_address(),

@@ -25,7 +25,7 @@ def build_parser():
         help="model file (default: INPUT/_model.json; e.g. --model model.json)",
     )
     p.add_argument(
-        "--workers", type=cli.int_at_least(1), default=None, help="CPU worker processes (e.g. 2)"
+        "--workers", type=cli.int_at_least(1), default=None, help="CPU cores to use (e.g. 2)"
     )
     p.add_argument("--scheduler-address", default=None, help="join an existing Dask cluster")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

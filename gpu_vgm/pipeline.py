@@ -244,7 +244,7 @@ def encode_job(
         t_fit = time.perf_counter()
         ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
         todo = [part for part in parts if part.index not in done]
-        [shared] = client.scatter([models], broadcast=True, hash=False)
+        shared = client.submit(tasks.hold, models, pure=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
             for part in todo
@@ -293,7 +293,7 @@ def encode_job(
             "mode": next(iter(models.values())).mode,
             "seed": next(iter(models.values())).random_state,
             "dtype": next(iter(models.values())).dtype,
-            "workers": len(client.scheduler_info()["workers"]),
+            "workers": _worker_threads(client),
             "peak_rss_mb_per_worker": max((r["peak_rss_mb"] for r in results), default=0.0),
             "versions": _versions(),
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},
@@ -303,6 +303,11 @@ def encode_job(
         save_models(opts.model_out, list(models.values()))
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
+
+
+def _worker_threads(client):
+    """Tasks the cluster runs at once (its worker threads; a CPU worker process has several)."""
+    return sum(client.nthreads().values())
 
 
 def _gather_in_order(client, futures, progress, what, on_result=None):
@@ -409,7 +414,7 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
         if not fs.isfile(f"{root}/{name}"):
             raise InputError(f"{input_dir}: {name} is listed in the manifest but missing")
     with storage.output_directory(output, overwrite) as tmp:
-        [shared] = client.scatter([models], broadcast=True, hash=False)
+        shared = client.submit(tasks.hold, models, pure=False)
         futures = [
             client.submit(
                 tasks.decode_part, fs, f"{root}/{name}", i, shared, fields, str(tmp), pure=False

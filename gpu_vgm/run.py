@@ -63,7 +63,8 @@ def build_parser():
         "--workers",
         type=cli.int_at_least(1),
         default=None,
-        help="CPU worker processes (default: one per core; e.g. --workers 2)",
+        help="CPU cores to use, as worker threads, 4 per process (default: every core; "
+        "e.g. --workers 2)",
     )
     p.add_argument(
         "--scheduler-address",
@@ -221,7 +222,7 @@ def _run(args):
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
     log.info(
         "encoded %d rows in %.1f s (%.2f M rows/s; fit %.1f s, encode %.1f s; %s backend, "
-        "%d workers); %d rows out of coverage; output: %s",
+        "%d worker threads); %d rows out of coverage; output: %s",
         manifest["rows"],
         total,
         manifest["rows"] / max(total, 1e-9) / 1e6,

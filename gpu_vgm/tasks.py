@@ -19,6 +19,13 @@ from gpu_vgm.params import MAX_ABS_VALUE, check_magnitude
 PART_NAME = "part-{:05d}.parquet"
 
 
+def hold(value):
+    """``value`` as a task's result, for many tasks to share (the models). Unlike scattered
+    data, which is lost with the worker holding it, Dask computes it again if that worker dies.
+    """
+    return value
+
+
 def read_row_groups(fs, path, row_groups, columns=None):
     try:
         with fs.open(path, "rb") as f:

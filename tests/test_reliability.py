@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpu_vgm import generate, inverse, report, run, tasks
-from gpu_vgm.cluster import dask_client
+from gpu_vgm.cluster import cpu_layout, dask_client
 from gpu_vgm.compare import compare
 from gpu_vgm.pipeline import EncodeOptions, encode_job
 
@@ -86,6 +86,9 @@ def test_worker_killed_mid_run_output_identical(data, tmp_path):
     )
     with dask_client("cpu", workers=2) as client:
         before = set(client.run(os.getpid).values())
+        # 2 cores are one worker process (cpu_layout): killing it loses every result it held,
+        # the shared models included, and Dask must compute them again
+        assert len(before) == 1
         job = {}
         thread = threading.Thread(
             target=lambda: job.update(
@@ -240,20 +243,38 @@ def _warm_state():
     }
 
 
+def _wait_for_warm_up(client, done):
+    deadline = time.monotonic() + 60
+    while True:
+        states = list(client.run(_warm_state).values())
+        if all(done(s) for s in states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
 def test_workers_of_a_local_cluster_warm_the_kernels_as_they_start():
-    with dask_client("cpu", workers=2, kernels_mode="argmax") as client:
-        deadline = time.monotonic() + 60
-        while True:
-            states = list(client.run(_warm_state).values())
-            if all(s["argmax_signatures"] == 2 for s in states) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+    # 8 cores: two worker processes (cpu_layout), each warms itself
+    with dask_client("cpu", workers=8, kernels_mode="argmax") as client:
+        states = _wait_for_warm_up(client, lambda s: s["argmax_signatures"] == 2)
     # both numba specializations (read-only and writable input), before any task ran
     assert [s["argmax_signatures"] for s in states] == [2, 2]
     assert not any(s["sklearn"] for s in states)
     with dask_client("cpu", workers=1) as client:  # no mode: nothing is loaded
         time.sleep(1)
         assert [s["argmax_signatures"] for s in client.run(_warm_state).values()] == [0]
+
+
+def test_cpu_cores_become_threads_of_few_worker_processes():
+    assert [cpu_layout(n) for n in (1, 2, 4, 6, 8, 9)] == [
+        (1, 1),
+        (1, 2),
+        (1, 4),
+        (2, 3),
+        (2, 4),
+        (3, 3),
+    ]
+    with dask_client("cpu", workers=2) as client:
+        assert list(client.nthreads().values()) == [2]
 
 
 def _worker_processes():
