@@ -21,8 +21,8 @@ log = logging.getLogger("gpu_vgm")
 LOCALHOST = "127.0.0.1"
 # CPU cores per worker process. The encode releases the GIL (pyarrow's reader and writer, a
 # nogil numba kernel, NumPy), so threads of one process encode as fast as processes do, and
-# the process starts and loads the kernel once: on 2 cores, one process with 2 threads made
-# the whole 100M-row job 0.3-0.5 s faster than two processes (same encode time).
+# the process starts and loads the kernel once: on 2 cores, one process with 2 threads took
+# 0.2-0.3 s less for the whole 100M-row job than two processes, in paired runs.
 CORES_PER_WORKER_PROCESS = 4
 
 

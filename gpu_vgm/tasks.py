@@ -1,7 +1,8 @@
 """Functions that run on Dask workers: read a partition, encode or decode it, write one part.
 
 Each task reads, transforms and writes in one go, so no partition's data ever travels through
-the scheduler or the client, and memory per worker is one partition whatever the input size.
+the scheduler or the client, and memory per worker thread is one partition whatever the input
+size.
 """
 
 import resource
