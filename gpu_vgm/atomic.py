@@ -8,6 +8,7 @@ Local filesystem paths only: the renames rely on POSIX same-directory rename sem
 """
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -15,6 +16,9 @@ import time
 from pathlib import Path
 
 from gpu_vgm.errors import OutputError
+
+log = logging.getLogger("gpu_vgm")
+LEFT_BEHIND = "could not remove the temporary %s; delete it by hand"
 
 
 def _remove(path: Path) -> None:
@@ -26,6 +30,7 @@ def _remove(path: Path) -> None:
             if not path.exists():
                 return
             time.sleep(0.1)
+        log.warning(LEFT_BEHIND, path)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -8,6 +8,7 @@ manifest never sees a partial output; the temporary prefix is deleted at the end
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -16,6 +17,8 @@ import fsspec
 
 from gpu_vgm import atomic
 from gpu_vgm.errors import InputError, OutputError, first_line
+
+log = logging.getLogger("gpu_vgm")
 
 
 def is_remote(url):
@@ -192,9 +195,12 @@ def output_directory(url, overwrite=False, reuse=None, last="_manifest.json"):
         # A worker still finishing a task of a failed job may write a part after the first
         # removal: go again until the prefix stays empty (as atomic._remove does locally).
         for _ in range(50):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # the job's own error, if any, is the one to show
                 fs.rm(tmp_path, recursive=True)
             fs.invalidate_cache()
-            if not fs.exists(tmp_path):
-                break
+            with contextlib.suppress(OSError):
+                if not fs.exists(tmp_path):
+                    break
             time.sleep(0.1)
+        else:
+            log.warning(atomic.LEFT_BEHIND, f"{protocol}://{tmp_path}")

@@ -8,7 +8,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_vgm import generate
+from gpu_vgm import atomic, generate
 from gpu_vgm.atomic import atomic_directory
 from gpu_vgm.errors import OutputError
 
@@ -262,3 +262,13 @@ def test_atomic_directory_unit(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "g").write_text("newer")
     assert os.listdir(target) == ["g"] and os.listdir(tmp_path) == ["out"]
+
+
+def test_a_temporary_directory_that_cannot_be_removed_is_named(tmp_path, monkeypatch, caplog):
+    # As when a file in it cannot be deleted: removal is retried, then the user is told.
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    monkeypatch.setattr(atomic.time, "sleep", lambda seconds: None)
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "out") as tmp:
+        raise RuntimeError("boom")
+    assert tmp.exists()
+    assert f"could not remove the temporary {tmp}; delete it by hand" in caplog.text
