@@ -441,10 +441,43 @@ def decode_job(client, input_dir, output, model_path=None, overwrite=False, prog
     return {"rows": rows, "parts": len(parts), "seconds": time.perf_counter() - t0}
 
 
+PROGRESS_INTERVAL = 10.0  # seconds between progress lines where no terminal shows a bar
+
+
+class LogProgress:
+    """Progress as log lines, at most one per ``interval`` seconds, where stderr is not a
+    terminal (container logs, CI, a file): a billion-row job is otherwise silent for a minute.
+    """
+
+    def __init__(self, total, desc, interval):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.done += n
+        now = time.monotonic()
+        if self.done < self.total and now - self.last >= self.interval:
+            self.last = now
+            log.info(
+                "%s: %d of %d parts (%.0f%%) in %.0f s",
+                self.desc,
+                self.done,
+                self.total,
+                100 * self.done / self.total,
+                now - self.start,
+            )
+
+    def close(self):
+        pass
+
+
 def progress_factory(quiet):
-    """A tqdm bar on a terminal, nothing otherwise (logs carry the summary)."""
-    if quiet or not sys.stderr.isatty():
+    """A tqdm bar on a terminal, log lines otherwise (``LogProgress``), nothing if ``quiet``."""
+    if quiet:
         return None
+    if not sys.stderr.isatty():
+        return lambda total, desc: LogProgress(total, desc, PROGRESS_INTERVAL)
     from tqdm import tqdm
 
     return lambda total, desc: tqdm(total=total, desc=desc, unit="part", file=sys.stderr)

@@ -2,13 +2,14 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_vgm import generate, inverse, run
+from gpu_vgm import generate, inverse, pipeline, run
 from gpu_vgm.compare import compare
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
@@ -124,6 +125,25 @@ def test_output_layout_and_manifest(small_input, tmp_path):
     again = tmp_path / "again"
     assert encode(small_input, again, "--model-in", str(tmp_path / "m.json")) == 0
     assert not any(compare(enc, again)["mismatches"].values())
+
+
+def test_progress_is_logged_where_stderr_is_not_a_terminal(
+    small_input, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(pipeline, "PROGRESS_INTERVAL", 0.0)  # a line for every part but the last
+    argv = ["--input", str(small_input), "--output", str(tmp_path / "enc"), "--backend", "cpu"]
+    assert run.main([*argv, "--partition-size", "100K"]) == 0
+    assert inverse.main(["--input", str(tmp_path / "enc"), "--output", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err  # pytest's stderr is not a terminal
+    parts = len(list((tmp_path / "enc").glob("part-*.parquet")))
+    lines = [re.sub(r"\(\d+%\) in \d+ s$", "", m) for m in err.splitlines() if " parts (" in m]
+    assert parts > 2 and lines == [
+        f"gpu_vgm: {what}: {i} of {parts} parts "
+        for what in ("encoding", "decoding")
+        for i in range(1, parts)
+    ]
+    assert run.main([*argv, "--overwrite", "--quiet"]) == 0
+    assert " parts (" not in capsys.readouterr().err
 
 
 def test_zero_row_files_all_nan_and_typed_columns(tmp_path):
