@@ -243,19 +243,15 @@ def _warm_state():
     }
 
 
-def _wait_for_warm_up(client, done):
-    deadline = time.monotonic() + 60
-    while True:
-        states = list(client.run(_warm_state).values())
-        if all(done(s) for s in states) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.2)
-
-
 def test_workers_of_a_local_cluster_warm_the_kernels_as_they_start():
     # 8 cores: two worker processes (cpu_layout), each warms itself
     with dask_client("cpu", workers=8, kernels_mode="argmax") as client:
-        states = _wait_for_warm_up(client, lambda s: s["argmax_signatures"] == 2)
+        deadline = time.monotonic() + 60
+        while True:
+            states = list(client.run(_warm_state).values())
+            if all(s["argmax_signatures"] == 2 for s in states) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     # both numba specializations (read-only and writable input), before any task ran
     assert [s["argmax_signatures"] for s in states] == [2, 2]
     assert not any(s["sklearn"] for s in states)
