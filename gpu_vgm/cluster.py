@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 import dask
+from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup quota)
 
 from gpu_vgm import worker_setup
 from gpu_vgm.errors import BackendUnavailableError
@@ -110,11 +111,13 @@ def _worker_log_level():
 
 
 def cpu_layout(cores):
-    """(worker processes, threads each) for ``cores`` CPU cores: one process per
-    ``CORES_PER_WORKER_PROCESS`` cores, which keeps each process's GIL lightly used and a
+    """(worker processes, threads each) for ``cores`` CPU cores: the fewest processes of at
+    most ``CORES_PER_WORKER_PROCESS`` threads that share the cores exactly (a prime count
+    above it gets a process per core). Few threads per process keep each GIL lightly used and a
     killed process a partial loss (its nanny restarts it and Dask reruns its parts)."""
-    processes = -(-cores // CORES_PER_WORKER_PROCESS)
-    return processes, -(-cores // processes)
+    fewest = -(-cores // CORES_PER_WORKER_PROCESS)
+    processes = next(p for p in range(fewest, cores + 1) if cores % p == 0)
+    return processes, cores // processes
 
 
 def _local_cluster(backend, workers, gpus, local_dir):
@@ -122,7 +125,7 @@ def _local_cluster(backend, workers, gpus, local_dir):
 
     if backend == "gpu":
         return _cuda_cluster(gpus or 1, local_dir)
-    processes, threads = cpu_layout(workers or os.cpu_count() or 1)
+    processes, threads = cpu_layout(workers or CPU_COUNT)
     return LocalCluster(
         n_workers=processes,
         threads_per_worker=threads,

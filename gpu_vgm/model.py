@@ -6,9 +6,11 @@ the whole value range (DESIGN.md "Lossless by construction") and derives the per
 constants the kernels need. ``save``/``load`` use versioned JSON, validated on load.
 """
 
+import contextlib
 import json
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -48,6 +50,35 @@ _PARAMETER_CONSTRAINTS = {
     "max_rounding_digits": lambda v: isinstance(v, int) and 0 <= v <= 15,
     "dtype": lambda v: v in DTYPES,
 }
+
+
+_quiet_lock = threading.Lock()
+_quiet = {"fits": 0, "saved": None}  # the fits of this process running with warnings off
+
+
+@contextlib.contextmanager
+def _sklearn_convergence_warnings_off(category):
+    """scikit-learn's convergence warnings (k-means' init, the mixture's "did not converge")
+    are off while any fit of this process runs; ``_fit_bgmm`` gives its own, clearer one.
+
+    One ``warnings.catch_warnings`` for all the fits that overlap, entered by the first and
+    left by the last: fits of several columns run in threads of one worker process, and a
+    ``catch_warnings`` each, left in another order than entered, undid each other's filters
+    and let raw warnings through to the terminal.
+    """
+    with _quiet_lock:
+        if _quiet["fits"] == 0:
+            _quiet["saved"] = warnings.catch_warnings()
+            _quiet["saved"].__enter__()
+            warnings.filterwarnings("ignore", category=category, module=r"sklearn\.")
+        _quiet["fits"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet["fits"] -= 1
+            if _quiet["fits"] == 0:
+                _quiet["saved"].__exit__(None, None, None)
 
 
 class ScaleVGM:
@@ -200,11 +231,10 @@ class ScaleVGM:
         from sklearn.exceptions import ConvergenceWarning
 
         bgmm = _new_bgmm(self, min(self.n_components, values.size))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+        with _sklearn_convergence_warnings_off(ConvergenceWarning):
             bgmm.fit(values.reshape(-1, 1))
         self.converged_ = bool(bgmm.converged_)
-        if any(issubclass(w.category, ConvergenceWarning) for w in caught) or not bgmm.converged_:
+        if not bgmm.converged_:
             warnings.warn(
                 f"column {self.column!r}: the mixture did not converge in {self.max_iter} "
                 "iterations; encoding stays lossless, but components may fit the data less well "

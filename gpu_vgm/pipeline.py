@@ -294,6 +294,7 @@ def encode_job(
             "seed": next(iter(models.values())).random_state,
             "dtype": next(iter(models.values())).dtype,
             "workers": _worker_threads(client),
+            "worker_processes": len(client.nthreads()),
             "peak_rss_mb_per_worker": max((r["peak_rss_mb"] for r in results), default=0.0),
             "versions": _versions(),
             "timings": {"plan_and_fit": t_fit - t_start, "encode": t_encode - t_fit},

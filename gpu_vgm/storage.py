@@ -195,10 +195,11 @@ def output_directory(url, overwrite=False, reuse=None, last="_manifest.json"):
         # A worker still finishing a task of a failed job may write a part after the first
         # removal: go again until the prefix stays empty (as atomic._remove does locally).
         for _ in range(50):
-            with contextlib.suppress(OSError):  # the job's own error, if any, is the one to show
+            # Whatever the store's client raises: the job's own error, if any, is the one to show.
+            with contextlib.suppress(Exception):
                 fs.rm(tmp_path, recursive=True)
             fs.invalidate_cache()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):
                 if not fs.exists(tmp_path):
                     break
             time.sleep(0.1)

@@ -5,6 +5,7 @@ the scheduler or the client, and memory per worker thread is one partition whate
 size.
 """
 
+import re
 import resource
 import time
 import warnings
@@ -18,6 +19,12 @@ from gpu_vgm.errors import InputError, VGMError, first_line, shorten
 from gpu_vgm.params import MAX_ABS_VALUE, check_magnitude
 
 PART_NAME = "part-{:05d}.parquet"
+
+# ScaleVGM.fit's non-convergence warning, given on behalf of fit_column, would show up in the
+# user's terminal as a worker's source line; the client logs it instead. Set once here, for
+# this module only: a warnings.catch_warnings per fit is not safe when the fits of several
+# columns run in threads of one worker process.
+warnings.filterwarnings("ignore", message=".*did not converge", module=re.escape(__name__))
 
 
 def hold(value):
@@ -224,8 +231,5 @@ def column_min_max(fs, part, columns):
 
 
 def fit_column(model, sample, value_range):
-    """Fit on a worker; the client logs non-convergence (a worker's warning would show up as
-    a source line in the user's terminal)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*did not converge")
-        return model.fit(sample, value_range=value_range)
+    """Fit on a worker; the client logs non-convergence (see the filter above)."""
+    return model.fit(sample, value_range=value_range)

@@ -309,6 +309,34 @@ def test_option_errors_and_worker_failures_are_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_fits_in_threads_of_one_worker_process_print_no_raw_warnings(tmp_path):
+    """Eight columns on 4 cores are fitted in four threads of one worker process; none of them
+    converges in 2 iterations, and one has fewer distinct values than components (k-means
+    warns). --quiet must show nothing: the client logs non-convergence as a warning."""
+    rng = np.random.default_rng(0)
+    columns = {f"c{i}": np.round(rng.lognormal(3, 1.5, 50_000), 2) for i in range(7)}
+    columns["few"] = rng.choice([0.5, 1.5, 7.25], 50_000)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table(columns))
+    argv = ["--input", str(inp), "--output", str(tmp_path / "out"), "--backend", "cpu"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpu_vgm.run",
+            *argv,
+            "--workers",
+            "4",
+            "--max-iter",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads((tmp_path / "out" / "_manifest.json").read_text())["workers"] == 4
+
+
 # ------------------------------------------------------------------- review follow-ups
 def test_hidden_outputs_next_to_the_input_are_allowed(encoded, tmp_path):
     """Names starting with "_" or "." are never read as input, so they may live inside it."""

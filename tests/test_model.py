@@ -323,3 +323,47 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
+    """Fit A starts, fit B starts, A ends first: B's scikit-learn warnings must stay off (a
+    warnings.catch_warnings per fit restored A's entry state here and let them through)."""
+    import threading
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from gpu_vgm.model import _sklearn_convergence_warnings_off
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    shown = []
+
+    def fit_a():
+        with _sklearn_convergence_warnings_off(ConvergenceWarning):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def fit_b():
+        a_in.wait(10)
+        with _sklearn_convergence_warnings_off(ConvergenceWarning):
+            b_in.set()
+            a_out.wait(10)
+            warnings.warn_explicit(
+                "did not converge", ConvergenceWarning, "_base.py", 1, "sklearn.mixture._base"
+            )
+
+    original = warnings.showwarning
+    warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+    try:
+        threads = [threading.Thread(target=fit_a), threading.Thread(target=fit_b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert a_out.is_set() and not shown
+        # after the last fit, scikit-learn's warnings show again
+        warnings.warn_explicit("after", ConvergenceWarning, "_base.py", 2, "sklearn.mixture._base")
+        assert shown == ["after"]
+    finally:
+        warnings.showwarning = original

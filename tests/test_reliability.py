@@ -261,14 +261,20 @@ def test_workers_of_a_local_cluster_warm_the_kernels_as_they_start():
 
 
 def test_cpu_cores_become_threads_of_few_worker_processes():
-    assert [cpu_layout(n) for n in (1, 2, 4, 6, 8, 9)] == [
+    assert [cpu_layout(n) for n in (1, 2, 4, 5, 6, 8, 9, 10, 16)] == [
         (1, 1),
         (1, 2),
         (1, 4),
+        (5, 1),  # a prime above 4: a process per core, never a thread more than cores
         (2, 3),
         (2, 4),
         (3, 3),
+        (5, 2),
+        (4, 4),
     ]
+    for cores in range(1, 65):
+        processes, threads = cpu_layout(cores)
+        assert processes * threads == cores and threads <= 4
     with dask_client("cpu", workers=2) as client:
         assert list(client.nthreads().values()) == [2]
 
