@@ -18,19 +18,25 @@ from pathlib import Path
 from gpu_vgm.errors import OutputError
 
 log = logging.getLogger("gpu_vgm")
-LEFT_BEHIND = "could not remove the temporary %s; delete it by hand"
+
+
+def remove_until_gone(remove, gone, shown, tries=50):
+    """Call ``remove()`` until ``gone()``, for up to ``tries`` tenths of a second, then warn
+    naming ``shown``. A worker still finishing a task of a failed job may write a part while
+    a temporary output is being removed (a local rmtree's final rmdir then fails)."""
+    for _ in range(tries):
+        remove()
+        if gone():
+            return
+        time.sleep(0.1)
+    log.warning("could not remove the temporary %s; delete it by hand", shown)
 
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        # A worker still finishing a task of a failed job may create a part while rmtree runs
-        # (its final rmdir then fails): go again until the directory is gone.
-        for _ in range(50):
-            shutil.rmtree(path, ignore_errors=True)
-            if not path.exists():
-                return
-            time.sleep(0.1)
-        log.warning(LEFT_BEHIND, path)
+        remove_until_gone(
+            lambda: shutil.rmtree(path, ignore_errors=True), lambda: not path.exists(), path
+        )
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -8,17 +8,13 @@ manifest never sees a partial output; the temporary prefix is deleted at the end
 
 import contextlib
 import json
-import logging
 import os
 import secrets
-import time
 
 import fsspec
 
 from gpu_vgm import atomic
 from gpu_vgm.errors import InputError, OutputError, first_line
-
-log = logging.getLogger("gpu_vgm")
 
 
 def is_remote(url):
@@ -192,16 +188,23 @@ def output_directory(url, overwrite=False, reuse=None, last="_manifest.json"):
         for name in sorted(names, key=lambda n: n == last):  # the manifest goes last
             fs.copy(f"{tmp_path}/{name}", f"{path.rstrip('/')}/{name}")
     finally:
-        # A worker still finishing a task of a failed job may write a part after the first
-        # removal: go again until the prefix stays empty (as atomic._remove does locally).
-        for _ in range(50):
-            # Whatever the store's client raises: the job's own error, if any, is the one to show.
-            with contextlib.suppress(Exception):
-                fs.rm(tmp_path, recursive=True)
-            fs.invalidate_cache()
-            with contextlib.suppress(Exception):
-                if not fs.exists(tmp_path):
-                    break
-            time.sleep(0.1)
-        else:
-            log.warning(atomic.LEFT_BEHIND, f"{protocol}://{tmp_path}")
+        atomic.remove_until_gone(
+            lambda: _remove_prefix(fs, tmp_path),
+            lambda: _gone(fs, tmp_path),
+            f"{protocol}://{tmp_path}",
+        )
+
+
+# Whatever the store's client raises while a temporary prefix is removed is ignored: the job's
+# own error, if any, is the one to show.
+def _remove_prefix(fs, path):
+    with contextlib.suppress(Exception):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache()
+
+
+def _gone(fs, path):
+    try:
+        return not fs.exists(path)
+    except Exception:
+        return False
