@@ -63,8 +63,8 @@ def build_parser():
         "--workers",
         type=cli.int_at_least(1),
         default=None,
-        help="CPU cores to use, as worker threads, 4 per process (default: every core; "
-        "e.g. --workers 2)",
+        help="CPU cores to use, as worker threads, up to 4 per process (default: every core "
+        "this process may use; e.g. --workers 2)",
     )
     p.add_argument(
         "--scheduler-address",
@@ -189,7 +189,7 @@ def _run(args):
     fs, files, columns, _ = plan
     check_apart_from_input(opts, fs, files)
     if opts.model_in:
-        load_for_encode(opts, plan[2])  # and so does a bad model file
+        load_for_encode(opts, columns)  # and so does a bad model file
     backend = (
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )
