@@ -52,33 +52,48 @@ _PARAMETER_CONSTRAINTS = {
 }
 
 
-_quiet_lock = threading.Lock()
-_quiet = {"fits": 0, "saved": None}  # the fits of this process running with warnings off
+_fitting_lock = threading.Lock()
+_fitting = {"fits": 0, "settings": None}  # this process's fits now running, and their settings
 
 
 @contextlib.contextmanager
-def _sklearn_convergence_warnings_off(category):
-    """scikit-learn's convergence warnings (k-means' init, the mixture's "did not converge")
-    are off while any fit of this process runs; ``_fit_bgmm`` gives its own, clearer one.
+def sklearn_fit_settings():
+    """Settings for scikit-learn while fits of this process run (every fit holds them):
 
-    One ``warnings.catch_warnings`` for all the fits that overlap, entered by the first and
-    left by the last: fits of several columns run in threads of one worker process, and a
-    ``catch_warnings`` each, left in another order than entered, undid each other's filters
-    and let raw warnings through to the terminal.
+    - one BLAS and OpenMP thread: its sums round differently with the thread count, so the
+      model would depend on the machine (a 100k-row fit gave three different models on 1, 2
+      and 4 threads). One thread is what Dask's nanny gives its workers, too;
+    - its convergence warnings (k-means' init, the mixture's "did not converge") off;
+      ``_fit_bgmm`` gives its own, clearer one.
+
+    The warnings filter and the BLAS thread count are process-wide: the fits that overlap
+    (columns fitted in threads of one process) share one setting, entered by the first and
+    left by the last. A ``catch_warnings`` each, left in another order than entered, undid each
+    other's filters. threadpoolctl lets only one thread change the BLAS count, so code that
+    runs fits in threads holds these settings around all of them (``pipeline.fit_models``).
+    OpenMP's count is per thread: every fit sets its own.
     """
-    with _quiet_lock:
-        if _quiet["fits"] == 0:
-            _quiet["saved"] = warnings.catch_warnings()
-            _quiet["saved"].__enter__()
-            warnings.filterwarnings("ignore", category=category, module=r"sklearn\.")
-        _quiet["fits"] += 1
+    # scikit-learn's BLAS and OpenMP libraries are loaded first: limits reach loaded ones only
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with _fitting_lock:
+        if _fitting["fits"] == 0:
+            settings = contextlib.ExitStack()
+            settings.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", category=ConvergenceWarning, module=r"sklearn\.")
+            settings.enter_context(threadpool_limits(limits=1))
+            _fitting["settings"] = settings
+        _fitting["fits"] += 1
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="openmp"):
+            yield
     finally:
-        with _quiet_lock:
-            _quiet["fits"] -= 1
-            if _quiet["fits"] == 0:
-                _quiet["saved"].__exit__(None, None, None)
+        with _fitting_lock:
+            _fitting["fits"] -= 1
+            if _fitting["fits"] == 0:
+                _fitting["settings"].close()
 
 
 class ScaleVGM:
@@ -231,7 +246,7 @@ class ScaleVGM:
         from sklearn.exceptions import ConvergenceWarning
 
         bgmm = _new_bgmm(self, min(self.n_components, values.size))
-        with _sklearn_convergence_warnings_off(ConvergenceWarning):
+        with sklearn_fit_settings():
             bgmm.fit(values.reshape(-1, 1))
         self.converged_ = bool(bgmm.converged_)
         if not bgmm.converged_:

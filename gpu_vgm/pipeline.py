@@ -5,6 +5,8 @@ one task per partition (read, encode, write a part) into a temporary directory t
 into place only when every part, the model and the manifest are written.
 """
 
+import contextlib
+import functools
 import logging
 import os
 import platform
@@ -18,7 +20,7 @@ import numpy as np
 
 from gpu_vgm import checkpoint, inputs, schema, storage, tasks
 from gpu_vgm.errors import InputError, VGMError
-from gpu_vgm.model import ScaleVGM, read_json, write_json_atomic
+from gpu_vgm.model import ScaleVGM, read_json, sklearn_fit_settings, write_json_atomic
 from gpu_vgm.modelfile import (
     fingerprint,
     load_models,
@@ -119,10 +121,14 @@ def read_fit_sample(fs, files, columns, opts):
     return {c: np.concatenate([p[c] for p in pieces]) if pieces else np.zeros(0) for c in columns}
 
 
-def fit_models(client, fs, files, columns, parts, opts, sample=None):
-    """One ScaleVGM per column (one Dask task each), fitted on a sample drawn uniformly from
-    every file (``sample``: ``read_fit_sample``'s result when the caller read it already)."""
-    seed = _seed(opts)
+def fit_models(client, fs, files, columns, parts, opts, sample=None, threads=None):
+    """One ScaleVGM per column, fitted on a sample drawn uniformly from every file
+    (``sample``: ``read_fit_sample``'s result when the caller read it already).
+
+    Each column is fitted in a Dask task, or with ``threads``, in a pool of that many threads
+    of this process (``encode_job``'s ``fit_in_client``). The model is the same either way:
+    every fit runs scikit-learn on one BLAS thread (``model.sklearn_fit_settings``).
+    """
     if sample is None:
         sample = read_fit_sample(fs, files, columns, opts)
     ranges = inputs.column_ranges(fs, files, columns)
@@ -140,36 +146,57 @@ def fit_models(client, fs, files, columns, parts, opts, sample=None):
                     ranges[c] = (min(lo, r[0]), max(hi, r[1]))
     models = {}
     fit_futures = {}
-    for c in columns:
-        model = ScaleVGM(
-            n_components=opts.n_components,
-            random_state=seed,
-            eps=opts.eps,
-            mode=opts.mode or "argmax",
-            column=c,
-            max_iter=opts.max_iter,
-            special_values=tuple(opts.special_values),
-            learn_rounding=opts.learn_rounding,
-            dtype=opts.dtype or "float64",
+    settings = contextlib.ExitStack()
+    if threads:
+        # Held by this thread for all the fits: threadpoolctl lets one thread at a time change
+        # the BLAS thread count, and it must stay at one until the last fit ends.
+        settings.enter_context(sklearn_fit_settings())
+        pool = settings.enter_context(
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpu_vgm-fit")
         )
-        fit_futures[c] = client.submit(tasks.fit_column, model, sample[c], ranges[c], pure=False)
-    for c in columns:
-        models[c] = fit_futures[c].result()
-        log.info(
-            "fitted %s: %d active components (%s), sample of %d rows",
-            c,
-            int(models[c].active_.sum()),
-            _origin_summary(models[c]),
-            models[c].sample_size_,
-        )
-        if not models[c].converged_:
-            log.warning(
-                "%s: the mixture did not converge in %d iterations; encoding stays lossless, "
-                "but the components may fit the data less well (try --max-iter)",
-                c,
-                models[c].max_iter,
-            )
+        # after an error, fits not yet started are dropped; those running are waited for
+        settings.callback(pool.shutdown, wait=False, cancel_futures=True)
+        submit = pool.submit
+    else:
+        submit = functools.partial(client.submit, pure=False)
+    with settings:
+        for c in columns:
+            fit_futures[c] = submit(tasks.fit_column, _new_model(c, opts), sample[c], ranges[c])
+        for c in columns:
+            models[c] = fit_futures[c].result()
+            _log_fit(models[c])
     return models
+
+
+def _new_model(column, opts):
+    return ScaleVGM(
+        n_components=opts.n_components,
+        random_state=_seed(opts),
+        eps=opts.eps,
+        mode=opts.mode or "argmax",
+        column=column,
+        max_iter=opts.max_iter,
+        special_values=tuple(opts.special_values),
+        learn_rounding=opts.learn_rounding,
+        dtype=opts.dtype or "float64",
+    )
+
+
+def _log_fit(model):
+    log.info(
+        "fitted %s: %d active components (%s), sample of %d rows",
+        model.column,
+        int(model.active_.sum()),
+        _origin_summary(model),
+        model.sample_size_,
+    )
+    if not model.converged_:
+        log.warning(
+            "%s: the mixture did not converge in %d iterations; encoding stays lossless, "
+            "but the components may fit the data less well (try --max-iter)",
+            model.column,
+            model.max_iter,
+        )
 
 
 def _origin_summary(model):
@@ -199,13 +226,24 @@ def load_for_encode(opts, columns):
 
 
 def encode_job(
-    client, opts, backend="cpu", progress=None, column_encoder=None, plan=None, sample=None
+    client,
+    opts,
+    backend="cpu",
+    progress=None,
+    column_encoder=None,
+    plan=None,
+    sample=None,
+    fit_in_client=False,
 ):
     """Run the whole encode job; returns the manifest (also written to the output).
 
     ``plan`` is ``plan_encode(opts)`` when the caller already made it (to fail on bad input
     before starting a cluster), ``sample`` is ``read_fit_sample``'s result when the caller
     read it while the cluster started (used only when fitting).
+
+    ``fit_in_client``: fit in threads of this process rather than in Dask tasks; for a cluster
+    on this machine (``run``'s own), whose workers meanwhile finish starting and load the
+    encode kernel instead of importing scikit-learn first.
     """
     t_start = time.perf_counter()
     storage.check_output(opts.output, opts.overwrite)
@@ -239,7 +277,8 @@ def encode_job(
         elif opts.model_in:
             models = load_for_encode(opts, columns)
         else:
-            models = fit_models(client, fs, files, columns, parts, opts, sample)
+            threads = _fit_threads(client, backend, len(columns)) if fit_in_client else None
+            models = fit_models(client, fs, files, columns, parts, opts, sample, threads)
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
         ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
@@ -304,6 +343,14 @@ def encode_job(
         save_models(opts.model_out, list(models.values()))
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
+
+
+def _fit_threads(client, backend, columns):
+    """Threads for fits in the client: one per column, up to the cluster's cores (the cores of
+    this machine for a GPU cluster, whose workers hold one thread per GPU)."""
+    from dask.system import CPU_COUNT
+
+    return max(1, min(columns, CPU_COUNT if backend == "gpu" else _worker_threads(client)))
 
 
 def _worker_threads(client):

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 
-from gpu_vgm import cli, storage
+from gpu_vgm import cli, heap, storage
 from gpu_vgm.backends import choose_backend
 from gpu_vgm.params import MAX_COMPONENTS, MAX_SEED
 
@@ -194,6 +194,11 @@ def _run(args):
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )
     fitting = not (opts.model_in or opts.resume)
+    # Fits run here when the cluster is ours, on this machine's cores: they start at once,
+    # while its workers finish starting and load the encode kernel. A joined cluster fits.
+    fit_in_client = not args.scheduler_address
+    if fit_in_client:
+        heap.keep_freed_memory()
     with dask_client_in_background(
         backend,
         workers=args.workers,
@@ -217,6 +222,7 @@ def _run(args):
             progress=progress_factory(args.quiet),
             plan=plan,
             sample=sample,
+            fit_in_client=fit_in_client,
         )
     total = time.perf_counter() - t_start  # what the user waited: cluster start included
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())

@@ -333,20 +333,20 @@ def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
 
     from sklearn.exceptions import ConvergenceWarning
 
-    from gpu_vgm.model import _sklearn_convergence_warnings_off
+    from gpu_vgm.model import sklearn_fit_settings
 
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     shown = []
 
     def fit_a():
-        with _sklearn_convergence_warnings_off(ConvergenceWarning):
+        with sklearn_fit_settings():
             a_in.set()
             b_in.wait(10)
         a_out.set()
 
     def fit_b():
         a_in.wait(10)
-        with _sklearn_convergence_warnings_off(ConvergenceWarning):
+        with sklearn_fit_settings():
             b_in.set()
             a_out.wait(10)
             warnings.warn_explicit(
@@ -367,3 +367,21 @@ def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
         assert shown == ["after"]
     finally:
         warnings.showwarning = original
+
+
+def test_the_model_does_not_depend_on_the_callers_thread_count():
+    """scikit-learn's k-means init and EM sums round differently with the BLAS and OpenMP
+    thread count; fit runs them on one thread, so every machine fits the same model."""
+    import sklearn.mixture  # noqa: F401  (loads its BLAS and OpenMP before the limits are set)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    x = amounts(30_000)
+    models = []
+    for threads in (1, 2, 4):
+        with threadpool_limits(limits=threads):
+            models.append(ScaleVGM(random_state=0).fit(x))
+            # and the caller's setting is back once the fit is done
+            assert {pool["num_threads"] for pool in threadpool_info()} == {threads}
+    for m in models[1:]:
+        for name in ("means_", "stds_", "weights_", "logit_const_"):
+            np.testing.assert_array_equal(getattr(m, name), getattr(models[0], name))

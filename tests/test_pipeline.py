@@ -127,6 +127,35 @@ def test_output_layout_and_manifest(small_input, tmp_path):
     assert not any(compare(enc, again)["mismatches"].values())
 
 
+def _task_prefixes(dask_scheduler):
+    return set(dask_scheduler.task_prefixes)
+
+
+def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_input, tmp_path):
+    """run fits in its own threads when the cluster is its own, in Dask tasks on a joined one.
+    The model must not depend on where it was fitted, nor on the caller's BLAS threads (a
+    30k-row sample fits differently on 1 and 2 threads)."""
+    from threadpoolctl import threadpool_limits
+
+    from gpu_vgm.cluster import dask_client
+
+    def opts(name):
+        return pipeline.EncodeOptions(
+            input=str(small_input), output=str(tmp_path / name), sample_size=30_000
+        )
+
+    with dask_client("cpu", workers=2) as client:
+        with threadpool_limits(limits=2):
+            pipeline.encode_job(client, opts("here"), fit_in_client=True)
+        assert "fit_column" not in client.run_on_scheduler(_task_prefixes)
+        pipeline.encode_job(client, opts("tasks"), fit_in_client=False)
+        assert "fit_column" in client.run_on_scheduler(_task_prefixes)
+    here, tasks = tmp_path / "here", tmp_path / "tasks"
+    assert (here / "_model.json").read_bytes() == (tasks / "_model.json").read_bytes()
+    result = compare(here, tasks)
+    assert result["rows"] == 300_000 and not any(result["mismatches"].values())
+
+
 def test_progress_is_logged_where_stderr_is_not_a_terminal(
     small_input, tmp_path, monkeypatch, capsys
 ):
