@@ -180,11 +180,13 @@ class ScaleVGM:
                 raise ValueError(f"ScaleVGM: invalid {name}={value!r}")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, sample, value_range=None):
+    def fit(self, sample, value_range=None, check_coverage=True):
         """Fit the mixture on ``sample`` and cover ``value_range`` (default: the sample's range).
 
         ``value_range=(lo, hi)`` is the full column's range (the pipeline reads it from Parquet
         statistics), so that every value of the column encodes with |normalized| <= 0.99.
+        ``check_coverage=False`` leaves ``check_coverage()``, which loads the CPU kernel, to the
+        caller: the pipeline has a worker run it, where the kernel is loaded already.
         """
         self._validate_params()
         x = _as_float_column(sample, self.column)
@@ -239,7 +241,8 @@ class ScaleVGM:
             _learn_rounding(finite, self.max_rounding_digits) if self.learn_rounding else None
         )
         self._build_kernel_params()
-        self._check_coverage()
+        if check_coverage:
+            self.check_coverage()
         return self
 
     def _fit_bgmm(self, values):
@@ -278,8 +281,10 @@ class ScaleVGM:
         )
         self.column_key_ = rng.column_key(self.random_state, self.column)
 
-    def _check_coverage(self):
-        """Prove on the range's ends and every component edge that nothing is out of coverage."""
+    def check_coverage(self):
+        """Prove on the range's ends and every component edge that nothing is out of coverage,
+        with the CPU kernel; RuntimeError if something is (a bug in the coverage construction).
+        """
         lo, hi = self.value_range_
         edges = [lo, hi]
         for m, r in zip(self.kernel_params_.m, self.kernel_params_.radius, strict=True):

@@ -121,20 +121,30 @@ def read_fit_sample(fs, files, columns, opts):
     return {c: np.concatenate([p[c] for p in pieces]) if pieces else np.zeros(0) for c in columns}
 
 
+def _connector(client):
+    """``client`` (a distributed.Client, or a function that returns one) as such a function."""
+    return client if callable(client) else lambda: client
+
+
 def fit_models(client, fs, files, columns, parts, opts, sample=None, threads=None):
     """One ScaleVGM per column, fitted on a sample drawn uniformly from every file
     (``sample``: ``read_fit_sample``'s result when the caller read it already).
 
     Each column is fitted in a Dask task, or with ``threads``, in a pool of that many threads
-    of this process (``encode_job``'s ``fit_in_client``). The model is the same either way:
-    every fit runs scikit-learn on one BLAS thread (``model.sklearn_fit_settings``).
+    of this process (``encode_job``'s ``fit_threads``); ``client`` is as ``encode_job``'s, and
+    is asked for only when the fit needs the cluster. The model is the same either way:
+    every fit runs scikit-learn on one BLAS thread (``model.sklearn_fit_settings``). Models fitted
+    in threads skip ``ScaleVGM.check_coverage``, which would load numba here; the encode
+    proves it on a worker (``tasks.hold_checked``).
     """
+    connect = _connector(client)
     if sample is None:
         sample = read_fit_sample(fs, files, columns, opts)
     ranges = inputs.column_ranges(fs, files, columns)
     missing = [c for c in columns if ranges[c] is None]
     if missing and parts:
         log.info("no Parquet statistics for %s: one pass for the value range", ", ".join(missing))
+        client = connect()
         for result in client.gather(
             client.map(
                 tasks.column_min_max, [fs] * len(parts), parts, [missing] * len(parts), pure=False
@@ -158,10 +168,11 @@ def fit_models(client, fs, files, columns, parts, opts, sample=None, threads=Non
         settings.callback(pool.shutdown, wait=False, cancel_futures=True)
         submit = pool.submit
     else:
-        submit = functools.partial(client.submit, pure=False)
+        submit = functools.partial(connect().submit, pure=False)
     with settings:
         for c in columns:
-            fit_futures[c] = submit(tasks.fit_column, _new_model(c, opts), sample[c], ranges[c])
+            model = _new_model(c, opts)
+            fit_futures[c] = submit(tasks.fit_column, model, sample[c], ranges[c], not threads)
         for c in columns:
             models[c] = fit_futures[c].result()
             _log_fit(models[c])
@@ -233,19 +244,24 @@ def encode_job(
     column_encoder=None,
     plan=None,
     sample=None,
-    fit_in_client=False,
+    fit_threads=None,
 ):
     """Run the whole encode job; returns the manifest (also written to the output).
+
+    ``client``: a distributed.Client, or a function that returns one once its cluster is up
+    (``run`` passes the ``connect`` of a cluster still starting); it is asked for only when the
+    job needs the cluster, so fits in this process overlap the cluster's start.
 
     ``plan`` is ``plan_encode(opts)`` when the caller already made it (to fail on bad input
     before starting a cluster), ``sample`` is ``read_fit_sample``'s result when the caller
     read it while the cluster started (used only when fitting).
 
-    ``fit_in_client``: fit in threads of this process rather than in Dask tasks; for a cluster
-    on this machine (``run``'s own), whose workers meanwhile finish starting and load the
-    encode kernel instead of importing scikit-learn first.
+    ``fit_threads``: fit the columns in this many threads of this process rather than in Dask
+    tasks; for a cluster on this machine (``run``'s own), whose workers meanwhile finish
+    starting and load the encode kernel instead of importing scikit-learn first.
     """
     t_start = time.perf_counter()
+    connect = _connector(client)
     storage.check_output(opts.output, opts.overwrite)
     fs, files, columns, parts = plan or plan_encode(opts)
     check_apart_from_input(opts, fs, files)
@@ -271,19 +287,22 @@ def encode_job(
 
     extra = {"column_encoder": column_encoder or backend_encoder(backend)}
     with storage.output_directory(opts.output, opts.overwrite, reuse=adopted) as tmp:
+        hold = tasks.hold
         if adopted:  # the killed run's model: its parts were encoded with exactly that one
             models = load_for_encode(replace(opts, model_in=storage.join(tmp, MODEL)), columns)
             log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
         elif opts.model_in:
             models = load_for_encode(opts, columns)
         else:
-            threads = _fit_threads(client, backend, len(columns)) if fit_in_client else None
-            models = fit_models(client, fs, files, columns, parts, opts, sample, threads)
+            models = fit_models(connect, fs, files, columns, parts, opts, sample, fit_threads)
+            if fit_threads:  # their coverage is proven on a worker
+                hold = tasks.hold_checked
+        client = connect()
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
         ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
         todo = [part for part in parts if part.index not in done]
-        shared = client.submit(tasks.hold, models, pure=False)
+        shared = client.submit(hold, models, pure=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
             for part in todo
@@ -343,14 +362,6 @@ def encode_job(
         save_models(opts.model_out, list(models.values()))
     manifest["timings"]["total"] = time.perf_counter() - t_start
     return manifest
-
-
-def _fit_threads(client, backend, columns):
-    """Threads for fits in the client: one per column, up to the cluster's cores (the cores of
-    this machine for a GPU cluster, whose workers hold one thread per GPU)."""
-    from dask.system import CPU_COUNT
-
-    return max(1, min(columns, CPU_COUNT if backend == "gpu" else _worker_threads(client)))
 
 
 def _worker_threads(client):

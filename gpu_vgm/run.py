@@ -195,9 +195,9 @@ def _run(args):
     )
     fitting = not (opts.model_in or opts.resume)
     # Fits run here when the cluster is ours, on this machine's cores: they start at once,
-    # while its workers finish starting and load the encode kernel. A joined cluster fits.
-    fit_in_client = not args.scheduler_address
-    if fit_in_client:
+    # while the cluster starts and its workers load the encode kernel. A joined cluster fits.
+    fit_threads = None if args.scheduler_address else _fit_threads(backend, args.workers, columns)
+    if fit_threads:
         heap.keep_freed_memory()
     with dask_client_in_background(
         backend,
@@ -208,21 +208,15 @@ def _run(args):
     ) as connect:
         t0 = time.perf_counter()
         sample = read_fit_sample(fs, files, columns, opts) if fitting else None
-        t_sample = time.perf_counter()
-        client = connect()
-        log.debug(
-            "fit sample read in %.2f s while the cluster started; then waited %.2f s for it",
-            t_sample - t0,
-            time.perf_counter() - t_sample,
-        )
+        log.debug("fit sample read in %.2f s while the cluster started", time.perf_counter() - t0)
         manifest = encode_job(
-            client,
+            connect,
             opts,
             backend=backend,
             progress=progress_factory(args.quiet),
             plan=plan,
             sample=sample,
-            fit_in_client=fit_in_client,
+            fit_threads=fit_threads,
         )
     total = time.perf_counter() - t_start  # what the user waited: cluster start included
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
@@ -240,6 +234,16 @@ def _run(args):
         opts.output,
     )
     return 0
+
+
+def _fit_threads(backend, workers, columns):
+    """Threads to fit in: one per column, up to the cores of the cluster ``run`` starts
+    (``--workers``, by default every core this process may use; for a GPU cluster, whose
+    workers hold a thread per GPU, every core)."""
+    from dask.system import CPU_COUNT
+
+    cores = workers if workers and backend == "cpu" else CPU_COUNT
+    return max(1, min(len(columns), cores))
 
 
 def main(argv=None):

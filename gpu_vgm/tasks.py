@@ -34,6 +34,14 @@ def hold(value):
     return value
 
 
+def hold_checked(models):
+    """``hold`` for models fitted with ``check_coverage=False``: their coverage is proven here,
+    on a worker, which has the CPU kernel loaded (the client would load numba for it, 0.3 s)."""
+    for model in models.values():
+        model.check_coverage()
+    return models
+
+
 def read_row_groups(fs, path, row_groups, columns=None):
     try:
         with fs.open(path, "rb") as f:
@@ -230,6 +238,7 @@ def column_min_max(fs, part, columns):
     return out
 
 
-def fit_column(model, sample, value_range):
-    """Fit on a worker; the client logs non-convergence (see the filter above)."""
-    return model.fit(sample, value_range=value_range)
+def fit_column(model, sample, value_range, check_coverage=True):
+    """Fit (on a worker, or in a thread of the client); the client logs non-convergence (see the
+    filter above)."""
+    return model.fit(sample, value_range=value_range, check_coverage=check_coverage)

@@ -325,6 +325,20 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+def test_a_coverage_proof_left_to_the_caller_still_catches_a_gap():
+    """fit(check_coverage=False) leaves the proof to the caller (the pipeline has a worker run
+    it, tasks.hold_checked); the proof must still fail where a value would be left uncovered."""
+    from gpu_vgm import tasks
+
+    model = ScaleVGM(random_state=0, max_iter=20).fit(amounts(5_000), check_coverage=False)
+    assert tasks.hold_checked({"Amount": model}) == {"Amount": model}
+    # a construction bug: every component's reach shrunk to a tenth leaves gaps in the range
+    params = model.kernel_params_
+    model.kernel_params_ = params._replace(radius=params.radius / 10)
+    with pytest.raises(RuntimeError, match="coverage construction failed"):
+        tasks.hold_checked({"Amount": model})
+
+
 def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
     """Fit A starts, fit B starts, A ends first: B's scikit-learn warnings must stay off (a
     warnings.catch_warnings per fit restored A's entry state here and let them through)."""

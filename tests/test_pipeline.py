@@ -134,7 +134,8 @@ def _task_prefixes(dask_scheduler):
 def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_input, tmp_path):
     """run fits in its own threads when the cluster is its own, in Dask tasks on a joined one.
     The model must not depend on where it was fitted, nor on the caller's BLAS threads (a
-    30k-row sample fits differently on 1 and 2 threads)."""
+    30k-row sample fits differently on 1 and 2 threads). A fit in the client leaves the proof
+    of its coverage to a worker (hold_checked)."""
     from threadpoolctl import threadpool_limits
 
     from gpu_vgm.cluster import dask_client
@@ -146,9 +147,11 @@ def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_inp
 
     with dask_client("cpu", workers=2) as client:
         with threadpool_limits(limits=2):
-            pipeline.encode_job(client, opts("here"), fit_in_client=True)
-        assert "fit_column" not in client.run_on_scheduler(_task_prefixes)
-        pipeline.encode_job(client, opts("tasks"), fit_in_client=False)
+            # a function that returns the client, as run passes while its cluster starts
+            pipeline.encode_job(lambda: client, opts("here"), fit_threads=2)
+        ran = client.run_on_scheduler(_task_prefixes)
+        assert "hold_checked" in ran and "fit_column" not in ran
+        pipeline.encode_job(client, opts("tasks"))
         assert "fit_column" in client.run_on_scheduler(_task_prefixes)
     here, tasks = tmp_path / "here", tmp_path / "tasks"
     assert (here / "_model.json").read_bytes() == (tasks / "_model.json").read_bytes()
