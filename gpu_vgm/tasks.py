@@ -36,7 +36,7 @@ def hold(value):
 
 def hold_checked(models):
     """``hold`` for models fitted with ``check_coverage=False``: their coverage is proven here,
-    on a worker, which has the CPU kernel loaded (the client would load numba for it, 0.3 s)."""
+    on a CPU worker, which loads the CPU kernel anyway (the client would load numba for it)."""
     for model in models.values():
         model.check_coverage()
     return models
