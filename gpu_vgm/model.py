@@ -53,7 +53,8 @@ _PARAMETER_CONSTRAINTS = {
 
 
 _fitting_lock = threading.Lock()
-_fitting = {"fits": 0, "settings": None}  # this process's fits now running, and their settings
+# this process's fits now running, their settings and the thread that set them
+_fitting = {"fits": 0, "settings": None, "thread": None}
 
 
 @contextlib.contextmanager
@@ -61,17 +62,18 @@ def sklearn_fit_settings():
     """Settings for scikit-learn while fits of this process run (every fit holds them):
 
     - one BLAS and OpenMP thread: its sums round differently with the thread count, so the
-      model would depend on the machine (a 100k-row fit gave three different models on 1, 2
-      and 4 threads). One thread is what Dask's nanny gives its workers, too;
+      model would depend on the machine's cores (a 100k-row fit gave three different models on
+      1, 2 and 4 threads). One thread is what Dask's nanny gives its workers, too;
     - its convergence warnings (k-means' init, the mixture's "did not converge") off;
       ``_fit_bgmm`` gives its own, clearer one.
 
     The warnings filter and the BLAS thread count are process-wide: the fits that overlap
     (columns fitted in threads of one process) share one setting, entered by the first and
     left by the last. A ``catch_warnings`` each, left in another order than entered, undid each
-    other's filters. threadpoolctl lets only one thread change the BLAS count, so code that
-    runs fits in threads holds these settings around all of them (``pipeline.fit_models``).
-    OpenMP's count is per thread: every fit sets its own.
+    other's filters. threadpoolctl (3.8) lets only the thread that set the BLAS count change
+    it again while that thread lives: a last fit in another thread takes that right over to
+    restore it. Code that runs fits in threads holds these settings around all of them
+    (``pipeline.fit_models``). OpenMP's count is per thread: every fit sets its own.
     """
     # scikit-learn's BLAS and OpenMP libraries are loaded first: limits reach loaded ones only
     from sklearn.exceptions import ConvergenceWarning
@@ -84,7 +86,7 @@ def sklearn_fit_settings():
             settings.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", category=ConvergenceWarning, module=r"sklearn\.")
             settings.enter_context(threadpool_limits(limits=1))
-            _fitting["settings"] = settings
+            _fitting["settings"], _fitting["thread"] = settings, threading.current_thread()
         _fitting["fits"] += 1
     try:
         with threadpool_limits(limits=1, user_api="openmp"):
@@ -93,7 +95,21 @@ def sklearn_fit_settings():
         with _fitting_lock:
             _fitting["fits"] -= 1
             if _fitting["fits"] == 0:
+                if _fitting["thread"] is not threading.current_thread():
+                    _release_blas_control()
                 _fitting["settings"].close()
+
+
+def _release_blas_control():
+    """Let this thread restore the BLAS thread count that another one set (threadpoolctl 3.8
+    ignores it otherwise, and the count would stay at one for the process's life)."""
+    import threadpoolctl
+
+    clear = getattr(
+        getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None
+    )
+    if clear:  # older threadpoolctl lets any thread change it
+        clear(force=True)
 
 
 class ScaleVGM:

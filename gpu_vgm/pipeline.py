@@ -157,20 +157,19 @@ def fit_models(
                     ranges[c] = (min(lo, r[0]), max(hi, r[1]))
     models = {}
     fit_futures = {}
-    settings = contextlib.ExitStack()
-    if threads:
-        # Held by this thread for all the fits: threadpoolctl lets one thread at a time change
-        # the BLAS thread count, and it must stay at one until the last fit ends.
-        settings.enter_context(sklearn_fit_settings())
-        pool = settings.enter_context(
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpu_vgm-fit")
-        )
-        # after an error, fits not yet started are dropped; those running are waited for
-        settings.callback(pool.shutdown, wait=False, cancel_futures=True)
-        submit = pool.submit
-    else:
-        submit = functools.partial(connect().submit, pure=False)
-    with settings:
+    with contextlib.ExitStack() as settings:
+        if threads:
+            # Held by this thread for all the fits: threadpoolctl lets one thread at a time
+            # change the BLAS thread count, and it must stay at one until the last fit ends.
+            settings.enter_context(sklearn_fit_settings())
+            pool = settings.enter_context(
+                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpu_vgm-fit")
+            )
+            # after an error, fits not yet started are dropped; those running are waited for
+            settings.callback(pool.shutdown, wait=False, cancel_futures=True)
+            submit = pool.submit
+        else:
+            submit = functools.partial(connect().submit, pure=False)
         for c in columns:
             model = _new_model(c, opts)
             fit_futures[c] = submit(tasks.fit_column, model, sample[c], ranges[c], check_coverage)
@@ -291,6 +290,8 @@ def encode_job(
         hold = tasks.hold
         if adopted:  # the killed run's model: its parts were encoded with exactly that one
             models = load_for_encode(replace(opts, model_in=storage.join(tmp, MODEL)), columns)
+            if backend == "cpu" and not opts.model_in:  # fitted by a run that may have been
+                hold = tasks.hold_checked  # killed before a worker proved its coverage
             log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
         elif opts.model_in:
             models = load_for_encode(opts, columns)

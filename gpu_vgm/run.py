@@ -197,7 +197,7 @@ def _run(args):
     # Fits run here when the cluster is ours, on this machine's cores: they start at once,
     # while the cluster starts and its workers load the encode kernel. A joined cluster fits.
     fit_threads = None if args.scheduler_address else _fit_threads(backend, args.workers, columns)
-    if fit_threads:
+    if fit_threads and fitting:
         heap.keep_freed_memory()
     with dask_client_in_background(
         backend,

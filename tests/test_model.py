@@ -399,3 +399,44 @@ def test_the_model_does_not_depend_on_the_callers_thread_count():
     for m in models[1:]:
         for name in ("means_", "stds_", "weights_", "logit_const_"):
             np.testing.assert_array_equal(getattr(m, name), getattr(models[0], name))
+
+
+def test_blas_threads_come_back_when_overlapping_fits_end_in_another_thread():
+    """Fit A (which set one BLAS thread) ends before fit B, in threads that stay alive (a Dask
+    worker's, a pool's): B must restore the count, and other threads must be able to change it
+    again (threadpoolctl 3.8 ignored both while A's thread lived)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gpu_vgm.model import sklearn_fit_settings
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with sklearn_fit_settings():  # loads scikit-learn's libraries before "before" is read
+        pass
+    before = blas_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def fit_a():
+        with sklearn_fit_settings():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def fit_b():
+        a_in.wait(10)
+        with sklearn_fit_settings():
+            b_in.set()
+            a_out.wait(10)
+            return blas_threads()
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(fit_a), pool.submit(fit_b)
+        a.result(10)
+        assert b.result(10) == {1}
+        assert blas_threads() == before
+        with threadpool_limits(limits=3, user_api="blas"):
+            assert blas_threads() == {3}

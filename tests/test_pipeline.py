@@ -159,6 +159,26 @@ def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_inp
     assert result["rows"] == 300_000 and not any(result["mismatches"].values())
 
 
+def test_fits_in_threads_prove_their_coverage_only_when_asked(small_input, monkeypatch):
+    """Fits in the client's threads prove their coverage themselves for a GPU cluster (its
+    workers do not load the CPU kernel) and leave it to a worker for a CPU one."""
+    from gpu_vgm.model import ScaleVGM
+
+    proven = []
+    check = ScaleVGM.check_coverage
+    monkeypatch.setattr(
+        ScaleVGM, "check_coverage", lambda self: proven.append(self.column) or check(self)
+    )
+    opts = pipeline.EncodeOptions(input=str(small_input), output="unused", sample_size=5_000)
+    fs, files, columns, parts = pipeline.plan_encode(opts)
+    for asked, expected in ((True, ["Amount"]), (False, [])):
+        proven.clear()
+        models = pipeline.fit_models(
+            None, fs, files, columns, parts, opts, threads=2, check_coverage=asked
+        )
+        assert list(models) == ["Amount"] and proven == expected
+
+
 def test_progress_is_logged_where_stderr_is_not_a_terminal(
     small_input, tmp_path, monkeypatch, capsys
 ):
