@@ -108,7 +108,7 @@ def _release_blas_control():
     clear = getattr(
         getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None
     )
-    if clear:  # older threadpoolctl lets any thread change it
+    if clear:  # threadpoolctl before 3.8 has none: any thread may change the count there
         clear(force=True)
 
 
