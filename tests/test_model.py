@@ -339,43 +339,52 @@ def test_a_coverage_proof_left_to_the_caller_still_catches_a_gap():
         tasks.hold_checked({"Amount": model})
 
 
-def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
-    """Fit A starts, fit B starts, A ends first: B's scikit-learn warnings must stay off (a
-    warnings.catch_warnings per fit restored A's entry state here and let them through)."""
+def _overlapping_fits(inside_b):
+    """Fit A enters sklearn_fit_settings, then fit B; A leaves first, then B runs ``inside_b``
+    and leaves. Returns (fit_a, fit_b), to run in two threads; fit_b returns inside_b()."""
     import threading
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
 
     from gpu_vgm.model import sklearn_fit_settings
 
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    shown = []
 
     def fit_a():
         with sklearn_fit_settings():
             a_in.set()
-            b_in.wait(10)
+            assert b_in.wait(10)
         a_out.set()
 
     def fit_b():
-        a_in.wait(10)
+        assert a_in.wait(10)
         with sklearn_fit_settings():
             b_in.set()
-            a_out.wait(10)
-            warnings.warn_explicit(
-                "did not converge", ConvergenceWarning, "_base.py", 1, "sklearn.mixture._base"
-            )
+            assert a_out.wait(10)
+            return inside_b()
 
+    return fit_a, fit_b
+
+
+def test_convergence_warnings_stay_off_while_fits_overlap_in_threads():
+    """Fit A starts, fit B starts, A ends first: B's scikit-learn warnings must stay off (a
+    warnings.catch_warnings per fit restored A's entry state here and let them through)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    shown = []
+    fit_a, fit_b = _overlapping_fits(
+        lambda: warnings.warn_explicit(
+            "did not converge", ConvergenceWarning, "_base.py", 1, "sklearn.mixture._base"
+        )
+    )
     original = warnings.showwarning
     warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
     try:
-        threads = [threading.Thread(target=fit_a), threading.Thread(target=fit_b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        assert a_out.is_set() and not shown
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.submit(fit_a), pool.submit(fit_b)
+            a.result(10), b.result(10)
+        assert not shown
         # after the last fit, scikit-learn's warnings show again
         warnings.warn_explicit("after", ConvergenceWarning, "_base.py", 2, "sklearn.mixture._base")
         assert shown == ["after"]
@@ -405,7 +414,6 @@ def test_blas_threads_come_back_when_overlapping_fits_end_in_another_thread():
     """Fit A (which set one BLAS thread) ends before fit B, in threads that stay alive (a Dask
     worker's, a pool's): B must restore the count, and other threads must be able to change it
     again (threadpoolctl 3.8 ignored both while A's thread lived)."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -418,21 +426,7 @@ def test_blas_threads_come_back_when_overlapping_fits_end_in_another_thread():
     with sklearn_fit_settings():  # loads scikit-learn's libraries before "before" is read
         pass
     before = blas_threads()
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-
-    def fit_a():
-        with sklearn_fit_settings():
-            a_in.set()
-            b_in.wait(10)
-        a_out.set()
-
-    def fit_b():
-        a_in.wait(10)
-        with sklearn_fit_settings():
-            b_in.set()
-            a_out.wait(10)
-            return blas_threads()
-
+    fit_a, fit_b = _overlapping_fits(blas_threads)
     with ThreadPoolExecutor(2) as pool:
         a, b = pool.submit(fit_a), pool.submit(fit_b)
         a.result(10)
