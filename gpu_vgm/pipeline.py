@@ -287,28 +287,26 @@ def encode_job(
 
     extra = {"column_encoder": column_encoder or backend_encoder(backend)}
     with storage.output_directory(opts.output, opts.overwrite, reuse=adopted) as tmp:
-        hold = tasks.hold
+        # Models this job fitted (or a killed run of it did) have their coverage proven by a CPU
+        # worker (tasks.hold_checked), which loads the CPU kernel anyway: here it would load
+        # numba for it (0.3 s). A GPU worker does not load it, so there the fit proves it.
+        # A --model-in is the user's: encoding counts what it leaves out of coverage.
+        prove_on_worker = backend == "cpu" and not opts.model_in
         if adopted:  # the killed run's model: its parts were encoded with exactly that one
             models = load_for_encode(replace(opts, model_in=storage.join(tmp, MODEL)), columns)
-            if backend == "cpu" and not opts.model_in:  # fitted by a run that may have been
-                hold = tasks.hold_checked  # killed before a worker proved its coverage
             log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
         elif opts.model_in:
             models = load_for_encode(opts, columns)
         else:
-            # The coverage proof runs the CPU kernel. A CPU worker loads it anyway, so fits here
-            # leave the proof to one (tasks.hold_checked) instead of loading numba (0.3 s).
-            on_worker = bool(fit_threads) and backend == "cpu"
             models = fit_models(
-                connect, fs, files, columns, parts, opts, sample, fit_threads, not on_worker
+                connect, fs, files, columns, parts, opts, sample, fit_threads, not prove_on_worker
             )
-            if on_worker:
-                hold = tasks.hold_checked
         client = connect()
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
         ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
         todo = [part for part in parts if part.index not in done]
+        hold = tasks.hold_checked if prove_on_worker else tasks.hold
         shared = client.submit(hold, models, pure=False)
         futures = [
             client.submit(tasks.encode_partition, fs, part, shared, str(tmp), **extra, pure=False)
