@@ -29,17 +29,33 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import original_scalevgm  # noqa: E402
 
 from gpu_vgm import generate  # noqa: E402
+from gpu_vgm.backends import ArrowCPU  # noqa: E402
 from gpu_vgm.cluster import dask_client  # noqa: E402
+from gpu_vgm.compare import compare  # noqa: E402
+from gpu_vgm.encode_job import encode_job  # noqa: E402
+from gpu_vgm.fitting import fit_models  # noqa: E402
 from gpu_vgm.modelfile import save_models  # noqa: E402
-from gpu_vgm.pipeline import EncodeOptions, encode_job, fit_models, plan_encode  # noqa: E402
+from gpu_vgm.plan import EncodeOptions, plan_encode  # noqa: E402
 
 
-def io_only_encoder(model, x, row_offset):
+class IOOnlyKernels:
     """Same output schema, no encoding: the I/O ceiling. x / 3 stands in for the normalized
     column: doubles with full mantissas, as incompressible as real normalized values, so the
     writer does the same work for them (the input values themselves would compress, and
     slower); all-zero components are the cheapest possible component column."""
-    return (x * (1.0 / 3.0)).astype(model.dtype, copy=False), np.zeros(x.size, np.int16), 0
+
+    @staticmethod
+    def encode(x, params, mode, key, row_offset, out_dtype=np.float64):
+        z = (np.asarray(x, np.float64) * (1.0 / 3.0)).astype(out_dtype, copy=False)
+        return z, np.zeros(z.size, np.int16), 0, 0
+
+
+class IOOnly(ArrowCPU):
+    """gpu_vgm's own partition pipeline (read, attach, write) with IOOnlyKernels."""
+
+    @property
+    def kernels(self):
+        return IOOnlyKernels
 
 
 def machine():
@@ -67,10 +83,14 @@ def _whole_job(cmd):
     return seconds
 
 
-def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=0, job_repeat=3):
+def run_benchmark(
+    rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=0, job_repeat=3, original=True
+):
     """Run (a), (b), (c) and the whole-job comparison; returns a dict of rows/s and ratios.
 
-    With ``gpus`` > 0 also (d): the GPU backend on a LocalCUDACluster, same input and model.
+    With ``gpus`` > 0 also (d): the GPU backend on a LocalCUDACluster, same input and model,
+    and its parity with (c): rows compared and rows that differ (``gpu_vgm.compare``, bits).
+    ``original=False`` skips (b).
     """
     import cloudpickle
 
@@ -84,27 +104,29 @@ def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=
     outs = {k: workdir / f"out-{k}" for k in ("io", "ours", "original", "job-ours", "job-orig")}
     for p in outs.values():
         shutil.rmtree(p, ignore_errors=True)
-    opts = EncodeOptions(input=str(inp), output=str(outs["ours"]), overwrite=True)
-    plan = plan_encode(opts)
     model_file = workdir / "model.json"
+
+    def plan(output):
+        return plan_encode(
+            EncodeOptions(
+                input=str(inp), output=str(output), overwrite=True, model_in=str(model_file)
+            )
+        )
+
     seconds = {}
     with dask_client("cpu", workers=workers) as client:
-        seconds["fit"], models = _timed(lambda: fit_models(client, *plan, opts))
+        fit_plan = plan_encode(EncodeOptions(input=str(inp), output=str(outs["ours"])))
+        seconds["fit"], models = _timed(lambda: fit_models(client, fit_plan))
         save_models(model_file, list(models.values()))
-        opts.model_in = str(model_file)
         # Warm-up: page cache and numba compilation on every worker, outside the timings.
-        warm = EncodeOptions(
-            input=str(inp), output=str(workdir / "warm"), overwrite=True, model_in=str(model_file)
-        )
-        encode_job(client, warm, plan=plan)
+        encode_job(client, plan(workdir / "warm"))
         shutil.rmtree(workdir / "warm")
 
         def io_run():
-            o = EncodeOptions(**{**opts.__dict__, "output": str(outs["io"])})
-            return encode_job(client, o, plan=plan, column_encoder=io_only_encoder)
+            return encode_job(client, plan(outs["io"]), backend=IOOnly())
 
         def ours_run():
-            return encode_job(client, opts, plan=plan)
+            return encode_job(client, plan(outs["ours"]))
 
         # Alternate (a) and (c) and keep each one's best: gigabytes of output left dirty in the
         # page cache by one run slow down the next one's writes, whichever runs second.
@@ -113,22 +135,34 @@ def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=
             t, _ = _timed(io_run)
             seconds["io_ceiling"] = min(seconds["io_ceiling"], t)
             shutil.rmtree(outs["io"])
+            shutil.rmtree(outs["ours"], ignore_errors=True)
             t, manifest = _timed(ours_run)
             seconds["gpu_vgm_cpu"] = min(seconds["gpu_vgm_cpu"], t)
-            shutil.rmtree(outs["ours"])
-        bgmm = models["Amount"].bgmm
-        seconds["original"], _ = _timed(
-            lambda: original_scalevgm.encode_like_original(str(inp), str(outs["original"]), bgmm)
-        )
-        shutil.rmtree(outs["original"])
+        if original:
+            bgmm = models["Amount"].bgmm
+            seconds["original"], _ = _timed(
+                lambda: original_scalevgm.encode_like_original(
+                    str(inp), str(outs["original"]), bgmm
+                )
+            )
+            shutil.rmtree(outs["original"])
+    parity = None
     if gpus:
         with dask_client("gpu", gpus=gpus) as client:
-            gpu_opts = EncodeOptions(**{**opts.__dict__, "output": str(outs["ours"])})
             seconds["gpu_vgm_gpu"] = float("inf")
+            gpu_out = workdir / "out-gpu"
             for _ in range(repeat + 1):  # the first run compiles the kernels on each GPU
-                t, _ = _timed(lambda: encode_job(client, gpu_opts, backend="gpu", plan=plan))
+                shutil.rmtree(gpu_out, ignore_errors=True)
+                t, gpu_manifest = _timed(lambda: encode_job(client, plan(gpu_out), backend="gpu"))
                 seconds["gpu_vgm_gpu"] = min(seconds["gpu_vgm_gpu"], t)
-                shutil.rmtree(outs["ours"])
+        same = compare(outs["ours"], gpu_out)
+        parity = {
+            "rows_compared": same["rows"],
+            "rows_differing": max(same["mismatches"].values()),
+            "gpu_io": gpu_manifest["io"],
+        }
+        shutil.rmtree(gpu_out)
+    shutil.rmtree(outs["ours"], ignore_errors=True)
     rates = {
         k: rows / seconds[k]
         for k in ("io_ceiling", "original", "gpu_vgm_cpu", "gpu_vgm_gpu")
@@ -140,14 +174,14 @@ def run_benchmark(rows, workers=2, workdir=None, whole_job=True, repeat=2, gpus=
         "machine": machine(),
         "seconds": seconds,
         "rows_per_s": rates,
-        "ratios": {
-            "gpu_vgm_cpu / io_ceiling": rates["gpu_vgm_cpu"] / rates["io_ceiling"],
-            "gpu_vgm_cpu / original": rates["gpu_vgm_cpu"] / rates["original"],
-        },
+        "ratios": {"gpu_vgm_cpu / io_ceiling": rates["gpu_vgm_cpu"] / rates["io_ceiling"]},
         "peak_rss_mb_per_worker": manifest["peak_rss_mb_per_worker"],
     }
+    if "original" in rates:
+        result["ratios"]["gpu_vgm_cpu / original"] = rates["gpu_vgm_cpu"] / rates["original"]
     if "gpu_vgm_gpu" in rates:
         result["ratios"]["gpu_vgm_gpu / gpu_vgm_cpu"] = rates["gpu_vgm_gpu"] / rates["gpu_vgm_cpu"]
+        result["cpu_gpu_parity"] = parity
     if whole_job:
         ours_cmd = [
             sys.executable,
@@ -208,6 +242,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", default=None, help="keeps the generated input for reruns")
     parser.add_argument("--no-whole-job", action="store_true")
+    parser.add_argument("--no-original", action="store_true", help="skip (b), the original")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of (a) and (c)")
     parser.add_argument(
         "--job-repeat", type=int, default=3, help="alternating whole-job runs of each"
@@ -223,6 +258,7 @@ def main(argv=None):
         args.repeat,
         args.gpus,
         args.job_repeat,
+        not args.no_original,
     )
     print(f"machine: {result['machine']}; {args.rows:,} rows, {args.workers} workers")
     for name, rate in result["rows_per_s"].items():

@@ -11,8 +11,19 @@ __all__ = [
     "NotFittedError",
     "OutputError",
     "ScaleVGM",
+    "VGMEncoder",
     "VGMError",
     "__version__",
     "load_models",
     "save_models",
 ]
+
+
+def __getattr__(name):
+    # VGMEncoder is a scikit-learn estimator: importing scikit-learn takes about a second,
+    # which `import gpu_vgm` (and every Dask worker) should not pay until it is used.
+    if name == "VGMEncoder":
+        from gpu_vgm.dataframe import VGMEncoder
+
+        return VGMEncoder
+    raise AttributeError(f"module 'gpu_vgm' has no attribute {name!r}")

@@ -57,12 +57,24 @@ def resolved(path) -> Path:
 
 
 def check_parent(path: Path, what: str) -> None:
-    """OutputError unless ``path``'s folder exists and is writable."""
+    """OutputError unless ``path``'s folder exists and is writable, or can be created (missing
+    folders are created, as Dask's and Spark's writers do: ``make_parents``)."""
     parent = path.parent
+    while not (parent.exists() or parent.is_symlink()) and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
-        raise OutputError(f"cannot write {what}: parent directory {parent} does not exist")
+        raise OutputError(f"cannot write {what}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {what}: parent directory {parent} is not writable")
+
+
+def make_parents(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: cannot create {path.parent}: {exc.strerror}"
+        ) from exc
 
 
 def check_output(path, overwrite: bool = False) -> Path:
@@ -85,6 +97,7 @@ def atomic_directory(path, overwrite: bool = False, reuse=None):
     ``reuse`` adopts an existing temporary directory (left by a killed run) instead.
     """
     path = check_output(path, overwrite)
+    make_parents(path)
     tmp = Path(reuse) if reuse else _sibling(path, "tmp")
     try:
         if not reuse:

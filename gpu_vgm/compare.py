@@ -1,10 +1,11 @@
 """``python -m gpu_vgm.compare A B``: are two Parquet datasets equal, row by row?
 
 Streams both in order (any file and row-group layout), so it checks a billion rows in bounded
-memory. Float columns compare exactly by default (NaN equals NaN, null equals NaN, an
-infinity equals itself); ``--model M`` allows DESIGN.md's decoding contract instead: 4 ulp of
-max(|x|, |m_k|, 4 s_k), taken over every component of the column's model. Other columns, nested
-ones (lists, structs, maps) included, compare by exact equality (null equals null).
+memory. Float columns compare bit for bit by default (-0.0 differs from 0.0; NaN equals NaN
+whatever its payload; null equals null only, not NaN); ``--model M`` allows DESIGN.md's
+decoding contract instead: 4 ulp of max(|x|, |m_k|, 4 s_k), taken over every component of the
+column's model. Other columns, nested ones (lists, structs, maps) included, compare by exact
+equality (null equals null).
 
 Example:
     python -m gpu_vgm.compare data/in data/back --model data/out/_model.json
@@ -98,22 +99,36 @@ def compare(a_url, b_url, model_path=None):
             if pa.types.is_floating(x.type):
                 xa = pc.fill_null(x, np.nan).to_numpy()
                 ya = pc.fill_null(y, np.nan).to_numpy()
-                same = (xa == ya) | (np.isnan(xa) & np.isnan(ya))  # inf == inf; NaN, null alike
+                same = _same_bits(xa, ya) & _same_nulls(x, y)
                 with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, 1e308 - -1e308
                     err = np.where(same, 0.0, np.abs(xa - ya))
                 err = np.where(np.isnan(err), np.inf, err)
                 if c in scales:  # finite, so that NaN or inf against a number is a mismatch
                     finite = np.where(np.isfinite(xa), np.abs(xa), 0.0)
                     tol = 4 * np.spacing(np.maximum(finite, scales[c]))
+                    bad = int(np.count_nonzero(err > tol))
                 else:
-                    tol = 0.0
-                bad = int(np.count_nonzero(err > tol))
+                    bad = int(np.count_nonzero(~same))
                 if err.size:
                     max_err[c] = max(max_err[c], float(err.max()))
             else:
                 bad = _unequal_rows(x, y)
             mismatches[c] += bad
     return {"rows": rows, "mismatches": mismatches, "max_abs_error": max_err}
+
+
+def _same_bits(xa, ya):
+    """Equal bits, but NaN equals NaN whatever its payload: equal values of the same sign are
+    the same bits, and -0.0 == 0.0 is the one equality of different bits."""
+    with np.errstate(invalid="ignore"):
+        equal = (xa == ya) & (np.signbit(xa) == np.signbit(ya))
+    return equal | (np.isnan(xa) & np.isnan(ya))
+
+
+def _same_nulls(x, y):
+    if not (x.null_count or y.null_count):
+        return True
+    return x.is_null().to_numpy(zero_copy_only=False) == y.is_null().to_numpy(zero_copy_only=False)
 
 
 def _unequal_rows(x, y):

@@ -5,7 +5,9 @@ milliseconds per file. Rows are numbered globally: files in sorted order, rows i
 that numbering keys sample-mode draws, so it must never depend on how work is split.
 """
 
+import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -13,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gpu_vgm import storage
 from gpu_vgm.errors import InputError, first_line, shorten
 from gpu_vgm.params import check_magnitude
 
@@ -30,17 +33,49 @@ class InputFile:
     row_group_rows: tuple  # rows per row group
     row_group_bytes: tuple  # uncompressed bytes per row group
     schema: pa.Schema = field(compare=False)
+    # what --resume compares to know the file is unchanged: a rewrite with the same rows and
+    # row groups but other values changes the footer (statistics, offsets) or the size or time
+    size: int = 0
+    modified: str | None = None
+    footer_sha256: str = ""
+    metadata: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
-class Partition:
-    """A contiguous run of row groups of one file: the unit of work and of output files."""
+class Segment:
+    """Rows ``start .. start + rows`` of one row group of one file."""
+
+    path: str
+    row_group: int
+    start: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """One output part: consecutive input rows, from one or several files (small ones
+    coalesced) or a slice of one large row group."""
 
     index: int
-    path: str
-    row_groups: tuple
     row_offset: int
     num_rows: int
+    segments: tuple
+
+    @property
+    def paths(self):
+        return list(dict.fromkeys(s.path for s in self.segments))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The rows one task reads in one stream and the parts it writes: one part, or the
+    slices of a row group larger than a partition (read once, written as several parts)."""
+
+    parts: tuple
+
+    @property
+    def num_rows(self):
+        return sum(p.num_rows for p in self.parts)
 
 
 def open_fs(url):
@@ -63,6 +98,7 @@ def list_parquet_files(url):
             for p in fs.find(path)
             if p.endswith((".parquet", ".parq", ".pq")) and not _hidden(p, path)
         )
+        _refuse_hive_folders(url, path, found)
     elif fs.isfile(path):
         found = [path]
     else:
@@ -77,22 +113,58 @@ def _hidden(p, root):
     return any(part.startswith(("_", ".")) for part in rel.split("/"))
 
 
+_HIVE_FOLDER = re.compile(r"^([^=/]+)=([^/]*)$")
+
+
+def _refuse_hive_folders(url, root, found):
+    """Readers such as pyarrow and Spark turn ``year=2023/`` folders into a column; gpu_vgm
+    reads files, so such a column would be dropped without a word: refuse instead."""
+    for p in found:
+        for folder in p[len(root.rstrip("/")) + 1 :].split("/")[:-1]:
+            m = _HIVE_FOLDER.match(folder)
+            if m:
+                raise InputError(
+                    f"{url}: {folder!r} is a Hive partition folder, whose key {m.group(1)!r} "
+                    "gpu_vgm would drop; encode each partition folder on its own, or store "
+                    f"{m.group(1)!r} as a column in the files"
+                )
+
+
 def read_metadata(fs, paths):
-    """InputFile for each path, with global row offsets; a corrupt footer names its file."""
+    """InputFile for each path, with global row offsets; a corrupt footer names its file.
+    Footers are read in threads: thousands of small files, or an object store, would
+    otherwise wait for each in turn."""
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths)))) as pool:
+        footers = list(pool.map(lambda p: _read_footer(fs, p), paths))
     files = []
     offset = 0
-    for path in paths:
-        try:
-            with fs.open(path, "rb") as f:
-                meta = pq.ParquetFile(f).metadata
-                schema = meta.schema.to_arrow_schema()
-        except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    for path, (meta, size, modified, digest) in zip(paths, footers, strict=True):
         rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         rg_bytes = tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        files.append(InputFile(path, offset, meta.num_rows, rg_rows, rg_bytes, schema))
+        schema = meta.schema.to_arrow_schema()
+        files.append(
+            InputFile(
+                path, offset, meta.num_rows, rg_rows, rg_bytes, schema, size, modified, digest, meta
+            )
+        )
         offset += meta.num_rows
     return files
+
+
+def _read_footer(fs, path):
+    """(FileMetaData, size, modification time or None, SHA-256 of the footer's bytes)."""
+    try:
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+            digest = storage.footer_digest(f)
+            size = f.size
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+    try:
+        modified = fs.modified(path).isoformat()
+    except (NotImplementedError, OSError, AttributeError, ValueError):
+        modified = None  # stores without times: the footer and size still tell
+    return meta, size, modified, digest
 
 
 def value_type(t):
@@ -161,8 +233,10 @@ def column_ranges(fs, files, columns):
     ranges = {c: [np.inf, -np.inf] for c in columns}
     complete = dict.fromkeys(columns, True)
     for f in files:
-        with fs.open(f.path, "rb") as fh:
-            meta = pq.ParquetFile(fh).metadata
+        meta = f.metadata
+        if meta is None:
+            with fs.open(f.path, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
         index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
         for rg in range(meta.num_row_groups):
             group = meta.row_group(rg)
@@ -217,49 +291,82 @@ def parse_size(text):
     return kind, int(value)
 
 
-def plan_partitions(files, size):
-    """Split files into partitions of whole row groups, each up to ``size`` (rows or bytes)."""
+def plan_units(files, size):
+    """Split the input into output parts of about ``size`` (rows, or uncompressed bytes), in
+    input order: consecutive row groups and files are grouped up to the size; a row group
+    larger than it is cut into equal slices, which one task reads in one stream (Unit)."""
     kind, limit = size
-    parts = []
+    units, pending = [], []  # pending: segments of the part being grouped
+    state = {"offset": 0, "index": 0, "weight": 0}
+
+    def add_part(segments):
+        rows = sum(s.rows for s in segments)
+        part = Part(state["index"], state["offset"], rows, tuple(segments))
+        state["index"] += 1
+        state["offset"] += rows
+        return part
+
+    def flush():
+        if pending:
+            units.append(Unit((add_part(pending),)))
+            pending.clear()
+            state["weight"] = 0
+
     for f in files:
-        if f.num_rows == 0:
-            continue
-        groups, rows, weight, offset = [], 0, 0, f.row_offset
         for rg, (n, nbytes) in enumerate(zip(f.row_group_rows, f.row_group_bytes, strict=True)):
-            w = n if kind == "rows" else nbytes
-            if groups and weight + w > limit:
-                parts.append(Partition(len(parts), f.path, tuple(groups), offset, rows))
-                offset += rows
-                groups, rows, weight = [], 0, 0
-            if n:
-                groups.append(rg)
-                rows += n
-                weight += w
-        if groups:
-            parts.append(Partition(len(parts), f.path, tuple(groups), offset, rows))
-    return parts
+            if n == 0:
+                continue
+            weight = n if kind == "rows" else max(nbytes, 1)
+            if weight > limit:
+                flush()
+                slices = -(-weight // limit)
+                bounds = [n * i // slices for i in range(slices + 1)]
+                units.append(
+                    Unit(
+                        tuple(
+                            add_part([Segment(f.path, rg, a, b - a)])
+                            for a, b in itertools.pairwise(bounds)
+                        )
+                    )
+                )
+                continue
+            if pending and state["weight"] + weight > limit:
+                flush()
+            pending.append(Segment(f.path, rg, 0, n))
+            state["weight"] += weight
+    flush()
+    return units
 
 
-def sample_plan(files, sample_size, seed, max_groups=64):
+def parts_of(units):
+    return [p for u in units for p in u.parts]
+
+
+def sample_plan(files, sample_size, seed, max_groups=64, min_groups=16, rows_per_draw=20):
     """[(path, row_group, n_rows_to_draw)]: which row groups to read for the fit sample.
 
-    Up to ``max_groups`` row groups, drawn from all files with probability proportional to
-    their rows, then rows drawn uniformly inside them in proportion to size: every row is
-    about equally likely, while a billion-row input needs only a few row groups read.
+    Row groups are drawn from all files, with probability proportional to their rows and
+    without replacement, until they hold ``rows_per_draw`` times the sample (but at least
+    ``min_groups`` and at most ``max_groups`` of them); rows are then drawn uniformly inside
+    them in proportion to size. Every row is equally likely, and a billion-row input needs
+    only a few row groups decoded.
     """
     groups = [(f.path, i, n) for f in files for i, n in enumerate(f.row_group_rows) if n]
     if not groups or sample_size <= 0:
         return []
     rng = np.random.default_rng([seed, 0x5A3F])
     rows = np.array([g[2] for g in groups], dtype=np.float64)
-    if len(groups) > max_groups:
-        chosen = np.sort(
-            rng.choice(len(groups), size=max_groups, replace=False, p=rows / rows.sum())
+    if len(groups) > min_groups:
+        # numpy draws these one after another, so every prefix is itself such a draw
+        order = rng.choice(
+            len(groups), size=min(max_groups, len(groups)), replace=False, p=rows / rows.sum()
         )
+        enough = np.cumsum(rows[order]) >= rows_per_draw * sample_size
+        count = max(min_groups, int(np.argmax(enough)) + 1 if enough.any() else order.size)
+        chosen = np.sort(order[:count])
     else:
         chosen = np.arange(len(groups))
     sizes = rows[chosen]
-    total = int(sizes.sum())
-    take = min(sample_size, total)
+    take = min(sample_size, int(sizes.sum()))
     counts = rng.multivariate_hypergeometric(sizes.astype(np.int64), take)
     return [(groups[i][0], groups[i][1], int(k)) for i, k in zip(chosen, counts, strict=True) if k]

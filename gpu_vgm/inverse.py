@@ -35,7 +35,8 @@ def build_parser():
 
 def _run(args):
     from gpu_vgm.cluster import dask_client
-    from gpu_vgm.pipeline import decode_job, progress_factory
+    from gpu_vgm.decode_job import decode_job
+    from gpu_vgm.progress import progress_factory
 
     with dask_client(
         "cpu", workers=args.workers, scheduler_address=args.scheduler_address

@@ -7,7 +7,6 @@ constants the kernels need. ``save``/``load`` use versioned JSON, validated on l
 """
 
 import contextlib
-import json
 import math
 import os
 import threading
@@ -15,46 +14,25 @@ import warnings
 
 import numpy as np
 
-from gpu_vgm import rng, storage
-from gpu_vgm.errors import InputError, ModelFileError, NotFittedError, shorten
+from gpu_vgm import mixture, model_schema, rng, storage
+from gpu_vgm.errors import InputError, NotFittedError, shorten
+from gpu_vgm.model_schema import FORMAT, FORMAT_VERSION, PARAMETER_CONSTRAINTS
 from gpu_vgm.params import (
-    MAX_COMPONENTS,
-    MAX_SEED,
     RADIUS_FACTOR,
     KernelParams,
     check_magnitude,
     round_to,
 )
 
-FORMAT = "gpu_vgm.ScaleVGM"
-FORMAT_VERSION = 1
-MODES = ("argmax", "sample")
-DTYPES = ("float64", "float32")
 # Interval reasoning at fit time uses radii a little inside the kernels' test, so every value
 # the fit calls covered passes |x - m| <= radius whatever the rounding of x - m.
 _COVER_SHRINK = 1.0 - 2.0**-30
 _SYNTHETIC_LOG_WEIGHT = math.log(1e-6)  # synthetic components lose argmax ties to fitted ones
 
-_PARAMETER_CONSTRAINTS = {
-    "n_components": lambda v: (
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_COMPONENTS
-    ),
-    "random_state": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED,
-    "eps": lambda v: isinstance(v, int | float) and 0 <= v < 1,
-    "mode": lambda v: v in MODES,
-    "column": lambda v: isinstance(v, str),
-    "max_iter": lambda v: isinstance(v, int) and v >= 1,
-    "weight_concentration_prior": lambda v: isinstance(v, int | float) and v > 0,
-    "special_values": lambda v: all(isinstance(s, int | float) and math.isfinite(s) for s in v),
-    "learn_rounding": lambda v: isinstance(v, bool),
-    "max_rounding_digits": lambda v: isinstance(v, int) and 0 <= v <= 15,
-    "dtype": lambda v: v in DTYPES,
-}
-
 
 _fitting_lock = threading.Lock()
-# this process's fits now running, their settings and the thread that set them
-_fitting = {"fits": 0, "settings": None, "thread": None}
+# this process's fits now running, and the settings the first of them made
+_fitting = {"fits": 0, "warnings": None, "blas": None}
 
 
 @contextlib.contextmanager
@@ -62,18 +40,13 @@ def sklearn_fit_settings():
     """Settings for scikit-learn while fits of this process run (every fit holds them):
 
     - one BLAS and OpenMP thread: its sums round differently with the thread count, so the
-      model would depend on the machine's cores (a 100k-row fit gave three different models on
-      1, 2 and 4 threads). One thread is what Dask's nanny gives its workers, too;
-    - its convergence warnings (k-means' init, the mixture's "did not converge") off;
-      ``_fit_bgmm`` gives its own, clearer one.
+      model would depend on the machine's cores;
+    - its convergence warnings (k-means' init, the mixture's) off: ``fit_warnings`` says
+      what matters.
 
-    The warnings filter and the BLAS thread count are process-wide: the fits that overlap
-    (columns fitted in threads of one process) share one setting, entered by the first and
-    left by the last. A ``catch_warnings`` each, left in another order than entered, undid each
-    other's filters. threadpoolctl (3.8) lets only the thread that set the BLAS count change
-    it again while that thread lives: a last fit in another thread takes that right over to
-    restore it. Code that runs fits in threads holds these settings around all of them
-    (``pipeline.fit_models``). OpenMP's count is per thread: every fit sets its own.
+    The warnings filter and the BLAS thread count are process-wide: overlapping fits (columns
+    fitted in threads) share one setting, made by the first and undone by the last, which may
+    be another thread. OpenMP's count is per thread: every fit sets its own.
     """
     # scikit-learn's BLAS and OpenMP libraries are loaded first: limits reach loaded ones only
     from sklearn.exceptions import ConvergenceWarning
@@ -82,11 +55,13 @@ def sklearn_fit_settings():
 
     with _fitting_lock:
         if _fitting["fits"] == 0:
-            settings = contextlib.ExitStack()
-            settings.enter_context(warnings.catch_warnings())
+            caught = warnings.catch_warnings()
+            caught.__enter__()
             warnings.filterwarnings("ignore", category=ConvergenceWarning, module=r"sklearn\.")
-            settings.enter_context(threadpool_limits(limits=1))
-            _fitting["settings"], _fitting["thread"] = settings, threading.current_thread()
+            _fitting["warnings"] = caught
+            _fitting["blas"] = _with_blas_control(
+                lambda: threadpool_limits(limits=1, user_api="blas")
+            )
         _fitting["fits"] += 1
     try:
         with threadpool_limits(limits=1, user_api="openmp"):
@@ -95,14 +70,16 @@ def sklearn_fit_settings():
         with _fitting_lock:
             _fitting["fits"] -= 1
             if _fitting["fits"] == 0:
-                if _fitting["thread"] is not threading.current_thread():
-                    _release_blas_control()
-                _fitting["settings"].close()
+                _with_blas_control(_fitting["blas"].restore_original_limits)
+                _fitting["warnings"].__exit__(None, None, None)
 
 
-def _release_blas_control():
-    """Let this thread restore the BLAS thread count that another one set (threadpoolctl 3.8
-    ignores it otherwise, and the count would stay at one for the process's life)."""
+def _with_blas_control(change):
+    """Run ``change()`` (which sets OpenBLAS's process-wide thread count) so that it takes
+    effect and leaves no thread in control. threadpoolctl lets only one thread, the first to
+    set the count, change it while that thread lives; its context manager would leave the
+    fit's thread in control for good, and a later fit in another thread would run on the
+    default count. Its limiter is therefore used without entering it as a context."""
     import threadpoolctl
 
     clear = getattr(
@@ -110,6 +87,11 @@ def _release_blas_control():
     )
     if clear:  # threadpoolctl before 3.8 has none: any thread may change the count there
         clear(force=True)
+    try:
+        return change()
+    finally:
+        if clear:
+            clear(force=True)
 
 
 class ScaleVGM:
@@ -175,7 +157,7 @@ class ScaleVGM:
         """The fitted ``BayesianGaussianMixture`` (None before fit, or when the sample had
         fewer than two fit values)."""
         if self._bgmm is None and self._sklearn_state is not None:
-            self._bgmm = _sklearn_from_state(self, self._sklearn_state)
+            self._bgmm = mixture.sklearn_from_state(self, self._sklearn_state)
         return self._bgmm
 
     def __getstate__(self):
@@ -185,10 +167,10 @@ class ScaleVGM:
 
     # ------------------------------------------------------------------ parameters
     def get_params(self):
-        return {name: getattr(self, name) for name in _PARAMETER_CONSTRAINTS}
+        return {name: getattr(self, name) for name in PARAMETER_CONSTRAINTS}
 
     def _validate_params(self):
-        for name, ok in _PARAMETER_CONSTRAINTS.items():
+        for name, ok in PARAMETER_CONSTRAINTS.items():
             value = getattr(self, name)
             if name == "special_values":
                 value = list(value)
@@ -223,11 +205,11 @@ class ScaleVGM:
             means = bgmm.means_.reshape(-1).astype(np.float64)
             stds = np.sqrt(bgmm.covariances_.reshape(-1)).astype(np.float64)
             weights = bgmm.weights_.astype(np.float64)
-            logit_const, half_precision = sklearn_logit_terms(bgmm)
+            logit_const, half_precision = mixture.sklearn_logit_terms(bgmm)
         else:  # all missing or special, or one value: coverage alone creates components
             means = stds = weights = logit_const = half_precision = np.zeros(0)
         self._bgmm = bgmm
-        self._sklearn_state = None if bgmm is None else _sklearn_state(bgmm)
+        self._sklearn_state = None if bgmm is None else mixture.sklearn_state(bgmm)
         self.n_mixture_ = means.size
         active = weights > self.eps
         origin = ["mixture"] * means.size
@@ -253,8 +235,11 @@ class ScaleVGM:
         self.special_values_ = special
         self.value_range_ = (lo, hi)
         self.sample_size_ = int(x.size)
+        self.value_dtype_ = _value_dtype(sample)
         self.rounding_digits_ = (
-            _learn_rounding(finite, self.max_rounding_digits) if self.learn_rounding else None
+            _learn_rounding(finite, self.max_rounding_digits, self.value_dtype_)
+            if self.learn_rounding
+            else None
         )
         self._build_kernel_params()
         if check_coverage:
@@ -264,7 +249,7 @@ class ScaleVGM:
     def _fit_bgmm(self, values):
         from sklearn.exceptions import ConvergenceWarning
 
-        bgmm = _new_bgmm(self, min(self.n_components, values.size))
+        bgmm = mixture.new_bgmm(self, min(self.n_components, values.size))
         with sklearn_fit_settings():
             bgmm.fit(values.reshape(-1, 1))
         self.converged_ = bool(bgmm.converged_)
@@ -277,6 +262,22 @@ class ScaleVGM:
                 stacklevel=3,
             )
         return bgmm
+
+    def fit_warnings(self):
+        """What the user should know about this fit, in sentences (the pipeline logs them)."""
+        found = []
+        if not self.converged_:
+            found.append(
+                f"the mixture did not converge in {self.max_iter} iterations; encoding stays "
+                "lossless, but the components may fit the data less well (try --max-iter)"
+            )
+        if self.learn_rounding and self.rounding_digits_ is None:
+            found.append(
+                f"learned no rounding: the sample holds values with more than "
+                f"{self.max_rounding_digits} decimals, so decoding is within 4 ulp, not "
+                "bit-exact"
+            )
+        return found
 
     def _build_kernel_params(self):
         four_s = 4.0 * self.stds_
@@ -327,7 +328,9 @@ class ScaleVGM:
 
         ``row_offset`` is the global row index of ``x[0]``: encoding pieces with their offsets
         gives exactly the output of encoding the whole array. ``backend`` is a kernel module
-        (default: picked from the array type by ``gpu_vgm.backends.kernels_for``).
+        (default: picked from the array type by ``gpu_vgm.backends.kernels_for``). With learned
+        rounding every row is decoded again and checked (InputError if one would not come
+        back bit for bit).
         """
         self._check_is_fitted()
         from gpu_vgm.backends import kernels_for
@@ -335,27 +338,45 @@ class ScaleVGM:
         kern = backend or kernels_for(x)
         x = _check_numeric(x, self.column)
         z, comp, n_out, n_inf = kern.encode(
-            x, self.kernel_params_, self.mode, self.column_key_, row_offset, np.dtype(self.dtype)
+            x, self.kernel_params_, self.mode, self.column_key_, row_offset, np.float64
         )
         if n_inf:
             raise InputError(
                 f"column {self.column!r}: {n_inf} infinite values (inf is not encodable)"
             )
         if self.rounding_digits_ is not None:
-            self._check_rounding(kern, x, z, comp, row_offset)
+            self._check_rounding(kern, x, z, comp, row_offset, "float64")
+        if self.dtype != "float64":
+            z = z.astype(self.dtype)
+            if self.rounding_digits_ is not None:
+                self._check_rounding(kern, x, z, comp, row_offset, self.dtype)
         return z, comp, n_out
 
-    def _check_rounding(self, kern, x, z, comp, row_offset):
+    def _check_rounding(self, kern, x, z, comp, row_offset, z_dtype):
         decoded, _ = kern.decode(z, comp, self.kernel_params_)
-        bad = (decoded != x) & (x == x)
+        decoded = self._as_value_dtype(decoded)
+        bad = ((decoded != x) | (_signbit(decoded) != _signbit(x))) & (x == x)
         n_bad = int(bad.sum())
-        if n_bad:
-            rows = [int(i) + row_offset for i in bad.nonzero()[0][:5].tolist()]
+        if not n_bad:
+            return
+        rows = [int(i) + row_offset for i in bad.nonzero()[0][:5].tolist()]
+        if z_dtype == "float64":
             raise InputError(
                 f"column {self.column!r}: {n_bad} values have more than the "
                 f"{self.rounding_digits_} decimals learned from the sample (rows {shorten(rows)}); "
                 "refit without learned rounding"
             )
+        raise InputError(
+            f"column {self.column!r}: {n_bad} values do not decode exactly from {z_dtype} "
+            f"normalized values, whose 24 bits are too few for values this far from their "
+            f"component (rows {shorten(rows)}); use --dtype float64"
+        )
+
+    def _as_value_dtype(self, values):
+        """Decoded float64 values in the precision of the column the model was fitted on."""
+        if getattr(self, "value_dtype_", "float64") == "float64":
+            return values
+        return values.astype(self.value_dtype_).astype(np.float64)
 
     def transform(self, x, row_offset=0):
         """Encode ``x`` -> ``(normalized, components)``; see :meth:`encode`."""
@@ -372,9 +393,9 @@ class ScaleVGM:
         if n_invalid:
             raise InputError(
                 f"column {self.column!r}: {n_invalid} component ids are outside "
-                f"-1..{self.kernel_params_.n_ids - 1}"
+                f"-3..{self.kernel_params_.n_ids - 1}"
             )
-        return x
+        return self._as_value_dtype(x)
 
     def predict_logits(self, x):
         """Per-component logits (n, n_mixture) as the kernels compute them (for checks)."""
@@ -406,6 +427,7 @@ class ScaleVGM:
                 "n_mixture": int(self.n_mixture_),
                 "special_values": self.special_values_.tolist(),
                 "rounding_digits": self.rounding_digits_,
+                "value_dtype": self.value_dtype_,
                 "value_range": [float(v) for v in self.value_range_],
                 "converged": bool(self.converged_),
                 "sample_size": int(self.sample_size_),
@@ -415,9 +437,7 @@ class ScaleVGM:
     @classmethod
     def from_dict(cls, data, source="model"):
         """Rebuild from :meth:`to_dict` output, validating every field (hostile files included)."""
-        from gpu_vgm.modelfile import validate_scalevgm
-
-        params, fitted = validate_scalevgm(data, source)
+        params, fitted = model_schema.validate_scalevgm(data, source)
         model = cls(**params)
         comps = fitted["components"]
         model.means_ = np.array(comps["mean"], dtype=np.float64)
@@ -430,6 +450,7 @@ class ScaleVGM:
         model.n_mixture_ = fitted["n_mixture"]
         model.special_values_ = np.array(fitted["special_values"], dtype=np.float64)
         model.rounding_digits_ = fitted["rounding_digits"]
+        model.value_dtype_ = fitted.get("value_dtype", "float64")  # format version 1 has none
         model.value_range_ = tuple(fitted["value_range"])
         model.converged_ = fitted["converged"]
         model.sample_size_ = fitted["sample_size"]
@@ -439,11 +460,11 @@ class ScaleVGM:
 
     def save(self, path):
         """Write the model as JSON (atomically: a temporary file renamed into place)."""
-        write_json_atomic(path, self.to_dict())
+        storage.write_json(os.fspath(path), self.to_dict())
 
     @classmethod
     def load(cls, path):
-        return cls.from_dict(read_json(path), source=str(path))
+        return cls.from_dict(storage.read_json(path, "model file"), source=str(path))
 
     def __repr__(self):
         fitted = "fitted" if hasattr(self, "kernel_params_") else "unfitted"
@@ -451,80 +472,6 @@ class ScaleVGM:
             f"ScaleVGM(column={self.column!r}, n_components={self.n_components}, "
             f"mode={self.mode!r}, {fitted})"
         )
-
-
-# ---------------------------------------------------------------------- helpers
-def sklearn_logit_terms(bgmm):
-    """(c, half_p) with logit_k(x) = c_k - half_p_k (x - m_k)^2, equal to sklearn's weighted
-    log probabilities for a one-feature dirichlet_process BayesianGaussianMixture."""
-    from scipy.special import digamma  # imported late: workers that only encode never need it
-
-    a, b = bgmm.weight_concentration_
-    total = digamma(a + b)
-    log_weights = digamma(a) - total + np.hstack((0.0, np.cumsum(digamma(b) - total)[:-1]))
-    prec_chol = bgmm.precisions_cholesky_.reshape(-1)
-    dof = bgmm.degrees_of_freedom_
-    c = (
-        log_weights
-        + np.log(prec_chol)
-        - 0.5 * np.log(2 * np.pi)
-        - 0.5 * np.log(dof)
-        + 0.5 * (np.log(2.0) + digamma(0.5 * dof) - 1.0 / bgmm.mean_precision_)
-    )
-    return c.astype(np.float64), (0.5 * prec_chol * prec_chol).astype(np.float64)
-
-
-_SKLEARN_ARRAYS = (
-    "weights_",
-    "means_",
-    "covariances_",
-    "precisions_cholesky_",
-    "mean_precision_",
-    "degrees_of_freedom_",
-)
-
-
-def _sklearn_state(bgmm):
-    state = {name: np.asarray(getattr(bgmm, name)).reshape(-1).tolist() for name in _SKLEARN_ARRAYS}
-    a, b = bgmm.weight_concentration_
-    state["weight_concentration_"] = [a.tolist(), b.tolist()]
-    state["n_components"] = int(bgmm.n_components)
-    state["converged_"] = bool(bgmm.converged_)
-    state["n_iter_"] = int(bgmm.n_iter_)
-    state["lower_bound_"] = float(bgmm.lower_bound_)
-    return state
-
-
-def _new_bgmm(model, n_components):
-    """The original Scale-VGM's estimator: dirichlet_process prior, the model's settings."""
-    from sklearn.mixture import BayesianGaussianMixture  # imported late: it takes seconds
-
-    return BayesianGaussianMixture(
-        n_components=n_components,
-        weight_concentration_prior_type="dirichlet_process",
-        weight_concentration_prior=model.weight_concentration_prior,
-        max_iter=model.max_iter,
-        random_state=model.random_state,
-    )
-
-
-def _sklearn_from_state(model, state):
-    """A fitted BayesianGaussianMixture equivalent to the saved one (``.bgmm`` after load)."""
-    k = state["n_components"]
-    bgmm = _new_bgmm(model, k)
-    bgmm.weights_ = np.array(state["weights_"])
-    bgmm.means_ = np.array(state["means_"]).reshape(k, 1)
-    bgmm.covariances_ = np.array(state["covariances_"]).reshape(k, 1, 1)
-    bgmm.precisions_cholesky_ = np.array(state["precisions_cholesky_"]).reshape(k, 1, 1)
-    bgmm.precisions_ = bgmm.precisions_cholesky_**2
-    bgmm.mean_precision_ = np.array(state["mean_precision_"])
-    bgmm.degrees_of_freedom_ = np.array(state["degrees_of_freedom_"])
-    bgmm.weight_concentration_ = tuple(np.array(v) for v in state["weight_concentration_"])
-    bgmm.converged_ = state["converged_"]
-    bgmm.n_iter_ = state["n_iter_"]
-    bgmm.lower_bound_ = state["lower_bound_"]
-    bgmm.n_features_in_ = 1
-    return bgmm
 
 
 def _as_float_column(values, column):
@@ -612,33 +559,32 @@ def _synthetic_for_gaps(means, stds, lo, hi):
     return syn_means, syn_stds
 
 
-def _learn_rounding(finite, max_digits):
-    """The fewest decimals d for which every sample value survives round_to(x, d)."""
+def _signbit(a):
+    """signbit of a NumPy or CuPy array (0.0 and -0.0 compare equal, but their bits differ)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy.signbit(a)
+    return np.signbit(a)
+
+
+def _value_dtype(sample):
+    """The precision of the column a sample comes from: float32 for float32 or float16 data
+    (learned rounding must then hold in float32), float64 otherwise."""
+    kind = getattr(sample, "dtype", None)
+    return "float32" if kind in (np.float32, np.float16) else "float64"
+
+
+def _learn_rounding(finite, max_digits, value_dtype="float64"):
+    """The fewest decimals d for which every sample value survives round_to(x, d) (read in the
+    column's precision: a float32 0.1 is 0.100000001490116 as a float64)."""
     if finite.size == 0:
         return None
+    x = finite.astype(np.float64)
     for digits in range(max_digits + 1):
-        if np.array_equal(round_to(finite, digits), finite):
+        rounded = round_to(x, digits)
+        if value_dtype != "float64":
+            rounded = rounded.astype(value_dtype).astype(np.float64)
+        if np.array_equal(rounded, x):
             return digits
     return None
-
-
-def write_json_atomic(path, data):
-    """Write JSON whole (a local file appears by rename); ``path`` may be an fsspec URL."""
-    storage.write_json(os.fspath(path), data)
-
-
-def read_json(path):
-    try:
-        return json.loads(storage.read_text(os.fspath(path)), parse_constant=_reject_constant)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: model file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a valid model file (bad JSON: {exc})") from None
-    except RecursionError:
-        raise ModelFileError(f"{path}: not a valid model file (JSON nested too deeply)") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory, expected a model JSON file") from None
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not allowed")

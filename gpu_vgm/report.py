@@ -12,9 +12,11 @@ Example:
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +181,16 @@ def plot_column(column, model, values, usage, path):
     plt.close(fig)
 
 
+def png_name(column):
+    """A file name for a column's plot: its name where that is a plain, short file name, else
+    a cleaned prefix and a hash (a name like "a/b" or 5000 characters long is no file name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", column)[:80]
+    if safe != column or safe.startswith("."):
+        digest = hashlib.sha256(column.encode("utf-8")).hexdigest()[:10]
+        safe = f"{safe.lstrip('.')}-{digest}"
+    return f"{safe}_fit.png"
+
+
 def _is_report(path):
     """An earlier report (or an empty folder): the only thing a new report may replace."""
     if path.is_symlink() or not path.is_dir():
@@ -207,7 +219,7 @@ def _write_report(out, report, models, samples, usage):
     with atomic.atomic_directory(out, overwrite=out.exists()) as tmp:
         try:
             for c, m in models.items():
-                plot_column(c, m, samples[c], usage[c], tmp / f"{c}_fit.png")
+                plot_column(c, m, samples[c], usage[c], tmp / png_name(c))
             (tmp / "report.json").write_text(json.dumps(report, indent=1))
         except OSError as exc:
             raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -248,6 +260,7 @@ def _run(args):
             c: {int(k) + FIRST_ID: int(n) for k, n in enumerate(u) if n} for c, u in usage.items()
         }
         report["roundtrip"] = err
+        report["plots"] = {c: png_name(c) for c in models}
         _write_report(out, report, models, samples, usage)
     print(f"{sum(f.num_rows for f in files)} rows in {len(files)} files ({args.input})")
     for c, s in stats.items():
@@ -266,7 +279,7 @@ def _run(args):
             f"{c}: roundtrip max |error| {err[c]['max_abs']:.3g} "
             f"over {err[c]['rows_checked']} rows, {err[c]['bit_exact']} of them bit-exact"
         )
-        print(f"{c}: plot {out / f'{c}_fit.png'}")
+        print(f"{c}: plot {out / png_name(c)}")
     return 0
 
 

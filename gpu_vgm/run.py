@@ -9,7 +9,7 @@ import logging
 import math
 import time
 
-from gpu_vgm import cli, heap, storage
+from gpu_vgm import cli, heap
 from gpu_vgm.backends import choose_backend
 from gpu_vgm.params import MAX_COMPONENTS, MAX_SEED
 
@@ -24,6 +24,13 @@ def _floats(text):
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return values
+
+
+def _column_names(text):
+    names = [c for c in text.split(",") if c]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected column names like A,B, got {text!r}")
+    return names
 
 
 def build_parser():
@@ -43,7 +50,7 @@ def build_parser():
     )
     p.add_argument(
         "--columns",
-        type=lambda s: [c for c in s.split(",") if c],
+        type=_column_names,
         default=[],
         help="columns to encode (default: every float column; e.g. --columns Amount)",
     )
@@ -86,30 +93,31 @@ def build_parser():
     p.add_argument(
         "--n-components",
         type=cli.int_at_least(1, MAX_COMPONENTS),
-        default=10,
-        help="mixture components per column (e.g. --n-components 10)",
+        default=None,
+        help="mixture components per column (default 10; e.g. --n-components 10)",
     )
     p.add_argument(
         "--sample-size",
         type=cli.int_at_least(1),
-        default=100_000,
-        help="rows drawn from all files for the fit (e.g. --sample-size 200000)",
+        default=None,
+        help="rows drawn from all files for the fit (default 100000; e.g. --sample-size 200000)",
     )
     p.add_argument(
         "--max-iter",
         type=cli.int_at_least(1),
-        default=100,
-        help="scikit-learn iterations for the fit (e.g. --max-iter 500)",
+        default=None,
+        help="scikit-learn iterations for the fit (default 100; e.g. --max-iter 500)",
     )
     p.add_argument(
         "--special-values",
         type=_floats,
-        default=(),
+        default=None,
         help="values with their own component, decoded exactly (e.g. --special-values 0)",
     )
     p.add_argument(
         "--learn-rounding",
         action="store_true",
+        default=None,
         help="learn decimals from the sample and round at decode (bit-exact cents)",
     )
     p.add_argument(
@@ -148,7 +156,7 @@ def build_parser():
 
 
 def options_from_args(args):
-    from gpu_vgm.pipeline import EncodeOptions
+    from gpu_vgm.plan import EncodeOptions
 
     return EncodeOptions(
         input=args.input,
@@ -172,31 +180,21 @@ def options_from_args(args):
 
 def _run(args):
     from gpu_vgm.cluster import dask_client_in_background
-    from gpu_vgm.pipeline import (
-        check_apart_from_input,
-        encode_job,
-        load_for_encode,
-        plan_encode,
-        progress_factory,
-        read_fit_sample,
-    )
+    from gpu_vgm.encode_job import encode_job
+    from gpu_vgm.fitting import read_fit_sample
+    from gpu_vgm.plan import plan_encode
+    from gpu_vgm.progress import progress_factory
 
     t_start = time.perf_counter()
     opts = options_from_args(args)
-    storage.check_apart(opts.output, [opts.input])  # before "exists": --overwrite won't help
-    storage.check_output(opts.output, opts.overwrite)
-    plan = plan_encode(opts)  # bad paths, columns and footers fail here, before any cluster
-    fs, files, columns, _ = plan
-    check_apart_from_input(opts, fs, files)
-    if opts.model_in:
-        load_for_encode(opts, columns)  # and so does a bad model file
+    plan = plan_encode(opts)  # bad paths, columns, footers and models fail here, before a cluster
     backend = (
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )
     fitting = not (opts.model_in or opts.resume)
-    # Fits run here when the cluster is ours, on this machine's cores: they start at once,
-    # while the cluster starts and its workers load the encode kernel. A joined cluster fits.
-    fit_threads = None if args.scheduler_address else _fit_threads(backend, args.workers, columns)
+    # Fits run here, on this machine's cores: they start at once, while the cluster starts and
+    # its workers load the encode kernel; a joined cluster's workers fit columns too.
+    fit_threads = _fit_threads(backend, args.workers, plan, bool(args.scheduler_address))
     if fit_threads and fitting:
         heap.keep_freed_memory()
     with dask_client_in_background(
@@ -207,16 +205,16 @@ def _run(args):
         kernels_mode=(opts.mode or "argmax") if backend == "cpu" else None,
     ) as connect:
         t0 = time.perf_counter()
-        sample = read_fit_sample(fs, files, columns, opts) if fitting else None
+        sample = read_fit_sample(plan) if fitting else None
         log.debug("fit sample read in %.2f s while the cluster started", time.perf_counter() - t0)
         manifest = encode_job(
             connect,
-            opts,
+            plan,
             backend=backend,
             progress=progress_factory(args.quiet),
-            plan=plan,
             sample=sample,
             fit_threads=fit_threads,
+            fit_on_cluster=bool(args.scheduler_address),
         )
     total = time.perf_counter() - t_start  # what the user waited: cluster start included
     ooc = sum(c["out_of_coverage"] for c in manifest["columns"].values())
@@ -236,14 +234,14 @@ def _run(args):
     return 0
 
 
-def _fit_threads(backend, workers, columns):
-    """Threads to fit in: one per column, up to the cores of the cluster ``run`` starts
-    (``--workers``, by default every core this process may use; for a GPU cluster, whose
-    workers hold a thread per GPU, every core)."""
+def _fit_threads(backend, workers, plan, joined=False):
+    """Threads of this process to fit in: one per column, up to the cores of the cluster
+    ``run`` starts (``--workers``, by default every core this process may use; for a GPU
+    cluster, whose workers hold a thread per GPU, or a joined one, every core here)."""
     from dask.system import CPU_COUNT
 
-    cores = workers if workers and backend == "cpu" else CPU_COUNT
-    return max(1, min(len(columns), cores))
+    cores = workers if workers and backend == "cpu" and not joined else CPU_COUNT
+    return max(1, min(len(plan.columns), cores))
 
 
 def main(argv=None):

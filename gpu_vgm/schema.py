@@ -2,7 +2,8 @@
 
 An encoded file holds the input columns, then for each encoded column ``<col>_normalized``
 (float64, or float32 with --dtype float32) and ``<col>_component`` (int16; -1 = NaN, -2 = null,
-both with normalized 0). No dots in names: Spark and SQL users would have to quote them.
+-3 = -0.0 where 0 is not a special value, each with normalized 0). No dots in names: Spark and
+SQL users would have to quote them.
 """
 
 import base64
@@ -84,6 +85,38 @@ def to_float64(array, column, source, exact=True):
     return array.to_numpy(zero_copy_only=False)
 
 
+def sample_values(array, column, source):
+    """A column's fit sample: float64 values (NaN where null), or float32 for a float32 or
+    float16 column, so that the model learns its rounding in the column's own precision."""
+    x = to_float64(array, column, source)
+    t = inputs.value_type(array.type)
+    if pa.types.is_float32(t) or pa.types.is_float16(t):
+        return x.astype(np.float32)
+    return x
+
+
+def table_from_pandas(frame, columns):
+    """The given columns of a pandas DataFrame as an Arrow table, NaN kept as NaN (pandas'
+    own conversion would make it null) and masked or Arrow-backed nulls as nulls."""
+    arrays = {}
+    for c in columns:
+        values = frame[c].array
+        if isinstance(values, np.ndarray) or values.__class__.__name__ == "NumpyExtensionArray":
+            arrays[c] = pa.array(np.asarray(values), from_pandas=False)
+        else:
+            arrays[c] = pa.array(values)
+    return pa.table(arrays)
+
+
+def max_error(decoded, x, xp=np):
+    """The largest |decoded - x| over finite x (0.0 when there is none): what lossy output
+    (float32 normalized values without learned rounding) cost a part."""
+    finite = xp.isfinite(x)
+    if not bool(finite.any()):
+        return 0.0
+    return float(xp.abs(decoded[finite] - x[finite]).max())
+
+
 def append_encoded(table, column, z, component, nulls=None):
     """``table`` with ``<column>_normalized`` and ``<column>_component`` appended (non-nullable);
     rows where ``nulls`` is set get NULL_COMPONENT (the kernels encoded them as NaN:
@@ -118,14 +151,15 @@ def decodes_by_rounding(original_type):
     return _units_per_one(inputs.value_type(original_type)) is not None
 
 
-def inexact_rows(decoded, x, original_type):
+def inexact_rows(decoded, x, original_type, xp=np):
     """How many integer or decimal values would not come back from ``decoded`` by ``restore``'s
     rounding (0 for float columns: DESIGN.md's 4-ulp contract covers them)."""
     units = _units_per_one(inputs.value_type(original_type))
     if units is None:
         return 0
-    present = ~np.isnan(x)
-    return int(np.count_nonzero(np.rint(decoded[present] * units) != np.rint(x[present] * units)))
+    present = ~xp.isnan(x)
+    back, want = xp.rint(decoded[present] * units), xp.rint(x[present] * units)
+    return int(xp.count_nonzero(back != want))
 
 
 def restore(values, original_type, nulls=None):

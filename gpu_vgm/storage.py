@@ -7,6 +7,7 @@ manifest never sees a partial output; the temporary prefix is deleted at the end
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -14,7 +15,7 @@ import secrets
 import fsspec
 
 from gpu_vgm import atomic
-from gpu_vgm.errors import InputError, OutputError, first_line
+from gpu_vgm.errors import InputError, ModelFileError, OutputError, first_line
 
 
 def is_remote(url):
@@ -30,6 +31,51 @@ def join(url, name):
     return f"{str(url).rstrip('/')}/{name}"
 
 
+def unstrip(fs, path):
+    """A filesystem's path as the URL (or local path) the functions here take."""
+    if "file" in ([fs.protocol] if isinstance(fs.protocol, str) else fs.protocol):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def read_bytes(url):
+    """A local file's or a URL's bytes (``--model-in s3://...`` is read like a path)."""
+    if not is_remote(url):
+        with open(url, "rb") as f:
+            return f.read()
+    fs, path = filesystem(url)
+    return fs.cat_file(path)
+
+
+def footer_sha256(url):
+    """SHA-256 of a Parquet file's footer: the manifest records it for each part, so that
+    ``inverse`` refuses a part that was changed or swapped for another."""
+    if not is_remote(url):
+        with open(url, "rb") as f:
+            return footer_digest(f)
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return footer_digest(f)
+
+
+def footer_digest(f):
+    """SHA-256 of an open Parquet file's footer (its row groups, offsets, sizes, statistics):
+    it changes with any rewrite of the file that changes the data's bytes."""
+    f.seek(0, 2)
+    size = f.tell()
+    if size < 12:
+        raise ValueError("too small for Parquet")
+    f.seek(size - 8)
+    tail = f.read(8)
+    if tail[4:] != b"PAR1":
+        raise ValueError("no Parquet footer")
+    length = int.from_bytes(tail[:4], "little")
+    if length + 12 > size:
+        raise ValueError("bad footer length")
+    f.seek(size - 8 - length)
+    return hashlib.sha256(f.read(length) + tail).hexdigest()
+
+
 def read_text(url):
     if not is_remote(url):
         with open(url, encoding="utf-8") as f:
@@ -41,15 +87,37 @@ def read_text(url):
 
 def write_json(url, data):
     """JSON (no NaN) written whole: a temporary file renamed into place where that exists."""
+    url = os.fspath(url)
     text = json.dumps(data, indent=1, allow_nan=False)
     if is_remote(url):
         fs, path = filesystem(url)
         fs.pipe(path, text.encode("utf-8"))
         return
     tmp = f"{url}.tmp-{os.getpid()}"
+    atomic.make_parents(atomic.resolved(url))
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, url)
+
+
+def read_json(url, what="file"):
+    """Parse a JSON file that may be hostile: NaN, Infinity and deep nesting are refused;
+    ModelFileError, one line naming ``what`` and the file, when it is not valid JSON."""
+    url = os.fspath(url)
+    try:
+        return json.loads(read_text(url), parse_constant=_reject_constant)
+    except FileNotFoundError:
+        raise ModelFileError(f"{url}: {what} not found") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{url}: is a directory, expected a {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFileError(f"{url}: not a valid {what} (bad JSON: {exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{url}: not a valid {what} (JSON nested too deeply)") from None
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not allowed")
 
 
 def check_output(url, overwrite=False):

@@ -1,24 +1,19 @@
-"""Functions that run on Dask workers: read a partition, encode or decode it, write one part.
+"""Functions that run on Dask workers, besides the partition pipeline (``gpu_vgm.partition``):
+the shared models, the fit, the sample and range passes, and decoding a part.
 
 Each task reads, transforms and writes in one go, so no partition's data ever travels through
-the scheduler or the client, and memory per worker thread is one partition whatever the input
-size.
+the scheduler or the client.
 """
 
 import re
-import resource
-import time
 import warnings
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from gpu_vgm import schema, storage
-from gpu_vgm.errors import InputError, VGMError, first_line, shorten
-from gpu_vgm.params import MAX_ABS_VALUE, check_magnitude
-
-PART_NAME = "part-{:05d}.parquet"
+from gpu_vgm import partition, readers, schema, storage
+from gpu_vgm.errors import InputError, VGMError
+from gpu_vgm.params import check_magnitude
 
 # ScaleVGM.fit's non-convergence warning, given on behalf of fit_column, would show up in the
 # user's terminal as a worker's source line; the client logs it instead. Set once here, for
@@ -42,123 +37,31 @@ def hold_checked(models):
     return models
 
 
-def read_row_groups(fs, path, row_groups, columns=None):
-    try:
-        with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).read_row_groups(
-                list(row_groups), columns=columns, use_threads=False
-            )
-    except (OSError, pa.ArrowException) as exc:
-        where = _first_unreadable(fs, path, row_groups, columns)
-        raise InputError(f"{path}: cannot read {where} ({first_line(exc)})") from None
-
-
-def _first_unreadable(fs, path, row_groups, columns):
-    """Which row group of a failed read is damaged (read one by one: the error path only)."""
-    for rg in row_groups:
-        try:
-            with fs.open(path, "rb") as f:
-                pq.ParquetFile(f).read_row_group(rg, columns=columns, use_threads=False)
-        except (OSError, pa.ArrowException):
-            return f"row group {rg}"
-    return f"row groups {shorten(row_groups)}"
-
-
-def read_table(fs, path):
-    try:
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f, use_threads=False)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
-
-
-def write_part(table, out_dir, index, plain_columns=()):
-    """Write one output part: snappy, statistics on, dictionary encoding (pyarrow's default,
-    which falls back to plain by itself) except for ``plain_columns``: normalized values are
-    all distinct, so a dictionary would only cost time. Input columns keep their dictionary:
-    18% fewer bytes for cents, and a billion-row run is bound by the disk's write speed."""
-    path = storage.join(out_dir, PART_NAME.format(index))
-    options = {
-        "compression": "snappy",
-        "use_dictionary": [c for c in table.column_names if c not in set(plain_columns)],
-        "row_group_size": max(table.num_rows, 1),
-    }
-    if storage.is_remote(path):
-        fs, inner = storage.filesystem(path)
-        with fs.open(inner, "wb") as f:
-            pq.write_table(table, f, **options)
-    else:
-        pq.write_table(table, path, **options)
-    return path
-
-
-def vgm_column_encoder(model, x, row_offset):
-    """The default per-column encoder: the model's own lossless kernels (CPU)."""
-    from cpu_fallback import kernels
-
-    return model.encode(x, row_offset=row_offset, backend=kernels)
-
-
-def encode_partition(fs, part, models, out_dir, column_encoder=vgm_column_encoder):
-    """Read a partition, append ``<col>_normalized`` and ``<col>_component``, write its part."""
-    t0 = time.perf_counter()
-    table = read_row_groups(fs, part.path, part.row_groups)
-    if table.num_rows != part.num_rows:
-        raise InputError(
-            f"{part.path}: row groups {list(part.row_groups)} hold {table.num_rows}"
-            f" rows, the footer said {part.num_rows}"
-        )
-    t_read = time.perf_counter()
-    out_of_coverage = {}
+def write_empty_part(input_schema, models, out_dir):
+    """Part 0 of an input without rows: no data, but every output column and type."""
+    table = input_schema.empty_table()
     for column, model in models.items():
-        values = table.column(column)
-        x = schema.to_float64(values, column, part.path)
-        try:
-            z, comp, n_out = column_encoder(model, x, part.row_offset)
-        except VGMError as exc:
-            raise InputError(f"{part.path}: {exc}") from None
-        if not np.isfinite(z).all():  # a model (--model-in) far narrower than these values
-            raise InputError(
-                f"{part.path}: column {column!r}: values too far from the model's components "
-                f"for {model.dtype} normalized values (beyond {MAX_ABS_VALUE:g}?)"
-            )
-        lost = 0
-        if schema.decodes_by_rounding(values.type):  # floats: DESIGN.md's 4-ulp contract
-            lost = schema.inexact_rows(model.inverse_transform(z, comp), x, values.type)
-        if lost:
-            raise InputError(
-                f"{part.path}: column {column!r}: {lost} values would not decode exactly from "
-                f"{model.dtype} normalized values (too many digits); leave the column out, or "
-                "cast it to float64"
-                + (", or use --dtype float64" if model.dtype != "float64" else "")
-            )
-        table = schema.append_encoded(table, column, z, comp, schema.null_mask(values))
-        out_of_coverage[column] = int(n_out)
-    t_encode = time.perf_counter()
-    write_part(table, out_dir, part.index, [schema.normalized_name(c) for c in models])
-    t_write = time.perf_counter()
-    return {
-        "index": part.index,
-        "file": PART_NAME.format(part.index),
-        "source": part.path,
-        "row_groups": list(part.row_groups),
-        "row_offset": part.row_offset,
-        "rows": table.num_rows,
-        "out_of_coverage": out_of_coverage,
-        "seconds": {"read": t_read - t0, "encode": t_encode - t_read, "write": t_write - t_encode},
-        "peak_rss_mb": peak_rss_mb(),
-    }
+        z, comp = np.zeros(0, dtype=model.dtype), np.zeros(0, np.int16)
+        table = schema.append_encoded(table, column, z, comp)
+    path = storage.join(out_dir, partition.PART_NAME.format(0))
+    readers.write_part(table, path, [schema.normalized_name(c) for c in models])
+    empty = {c: {"out_of_coverage": 0} for c in models}
+    seconds = {"read": 0.0, "encode": 0.0, "write": 0.0}
+    from gpu_vgm.inputs import Part
+
+    return partition.part_result(Part(0, 0, 0, ()), empty, path, seconds)
 
 
-def peak_rss_mb():
-    """Peak resident memory of this worker process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def decode_part(fs, path, index, models, fields, out_dir):
-    """Inverse of encode_partition: restore each encoded column (``fields``: as they were in
-    the input), drop the derived ones."""
-    table = read_table(fs, path)
+def decode_part(fs, path, index, models, fields, out_dir, footer_sha256=None):
+    """Inverse of the encode: restore each encoded column (``fields``: as they were in the
+    input), drop the derived ones. ``footer_sha256``: the manifest's, so that a changed or
+    swapped part is refused rather than decoded with the wrong rows' models."""
+    if footer_sha256 and storage.footer_sha256(storage.unstrip(fs, path)) != footer_sha256:
+        raise InputError(
+            f"{path}: not the part the manifest lists (its footer's SHA-256 differs): a "
+            "changed, replaced or swapped part"
+        )
+    table = readers.read_table(fs, path, verify_checksums=True)
     drop = []
     for column, model in models.items():
         z_name, c_name = schema.normalized_name(column), schema.component_name(column)
@@ -175,7 +78,7 @@ def decode_part(fs, path, index, models, fields, out_dir):
         comp, nulls = schema.split_nulls(c_col.to_numpy())
         try:
             values = model.inverse_transform(z, comp)
-        except VGMError as exc:
+        except (VGMError, ValueError) as exc:
             raise InputError(f"{path}: {exc}") from None
         field = fields[column]
         restored = schema.restore(values, field.type, nulls)
@@ -188,53 +91,35 @@ def decode_part(fs, path, index, models, fields, out_dir):
             table = table.append_column(field, restored)
         drop += [z_name, c_name]
     table = table.drop_columns(drop)
-    write_part(table, out_dir, index)
+    readers.write_part(table, storage.join(out_dir, partition.PART_NAME.format(index)))
     return {"index": index, "rows": table.num_rows}
 
 
-def write_empty_part(input_schema, models, out_dir):
-    """Part 0 of an input without rows: no data, but every output column and type."""
-    table = input_schema.empty_table()
-    for column, model in models.items():
-        z, comp = np.zeros(0, dtype=model.dtype), np.zeros(0, np.int16)
-        table = schema.append_encoded(table, column, z, comp)
-    write_part(table, out_dir, 0, [schema.normalized_name(c) for c in models])
-    return {
-        "index": 0,
-        "file": PART_NAME.format(0),
-        "source": None,
-        "row_groups": [],
-        "row_offset": 0,
-        "rows": 0,
-        "out_of_coverage": dict.fromkeys(models, 0),
-        "seconds": {"read": 0.0, "encode": 0.0, "write": 0.0},
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
 def read_sample(fs, path, row_group, count, columns, seed, draw):
-    """``count`` rows drawn uniformly from one row group (``draw``: its place in the plan)."""
-    table = read_row_groups(fs, path, [row_group], columns=columns)
+    """``count`` rows drawn uniformly from one row group (``draw``: its place in the plan),
+    as float64 (float32 for float32 columns, so that learned rounding learns in float32)."""
+    table = readers.read_row_groups(fs, path, [row_group], columns=columns)
     rng = np.random.default_rng([seed, draw])
     rows = np.sort(rng.choice(table.num_rows, size=min(count, table.num_rows), replace=False))
     taken = table.take(pa.array(rows))
-    return {c: schema.to_float64(taken.column(c), c, path) for c in columns}
+    return {c: schema.sample_values(taken.column(c), c, path) for c in columns}
 
 
-def column_min_max(fs, part, columns):
+def column_min_max(fs, unit, columns):
     """One pass for columns without Parquet statistics: finite (min, max) per column."""
-    table = read_row_groups(fs, part.path, part.row_groups, columns=columns)
-    out = {}
-    for c in columns:
-        x = schema.to_float64(table.column(c), c, part.path)
-        if np.isinf(x).any():
-            raise InputError(
-                f"{part.path}: column {c!r} holds {int(np.isinf(x).sum())} infinite values"
-            )
-        finite = x[~np.isnan(x)]
-        out[c] = (float(finite.min()), float(finite.max())) if finite.size else None
-        if out[c]:
-            check_magnitude(*out[c], c, part.path)
+    out = dict.fromkeys(columns)
+    for part, table in readers.read_unit(fs, unit, None, columns):
+        source = partition.describe(part)
+        for c in columns:
+            x = schema.to_float64(table.column(c), c, source)
+            if np.isinf(x).any():
+                n_inf = int(np.isinf(x).sum())
+                raise InputError(f"{source}: column {c!r} holds {n_inf} infinite values")
+            finite = x[~np.isnan(x)]
+            if finite.size:
+                lo, hi = float(finite.min()), float(finite.max())
+                check_magnitude(lo, hi, c, source)
+                out[c] = (lo, hi) if out[c] is None else (min(out[c][0], lo), max(out[c][1], hi))
     return out
 
 

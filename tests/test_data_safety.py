@@ -12,18 +12,22 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpu_vgm import generate, inverse, run
+from gpu_vgm.backends import ArrowCPU
 from gpu_vgm.cluster import dask_client
+from gpu_vgm.encode_job import encode_job
 from gpu_vgm.errors import InputError, ModelFileError
 from gpu_vgm.model import ScaleVGM
 from gpu_vgm.modelfile import load_models
-from gpu_vgm.pipeline import EncodeOptions, encode_job
+from gpu_vgm.plan import EncodeOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
-FAST = ["--backend", "cpu", "--workers", "1", "--sample-size", "2000", "--max-iter", "20"]
+CLUSTER = ["--backend", "cpu", "--workers", "1"]
+FAST = [*CLUSTER, "--sample-size", "2000", "--max-iter", "20"]
 
 
 def encode(inp, out, *extra):
-    return run.main(["--input", str(inp), "--output", str(out), "--quiet", *FAST, *extra])
+    fit = CLUSTER if "--model-in" in extra else FAST  # fit options and --model-in: refused
+    return run.main(["--input", str(inp), "--output", str(out), "--quiet", *fit, *extra])
 
 
 def decode(inp, out, *extra):
@@ -112,15 +116,16 @@ def test_model_out_is_checked_first_and_written_only_after_success(encoded, tmp_
     assert encode(encoded / "in", tmp_path / "o2", "--model-out", str(tmp_path)) != 0
     assert "is a directory" in one_line(capsys)
 
-    def failing(model, x, row_offset):  # a fault injected into encoding, after the fit
-        raise InputError("injected fault")
+    class Failing(ArrowCPU):  # a fault injected into encoding, after the fit
+        def column(self, frame, name, source):
+            raise InputError("injected fault")
 
     out, model_out = tmp_path / "o3", tmp_path / "m3.json"
     opts = EncodeOptions(
         input=str(encoded / "in"), output=str(out), sample_size=2000, model_out=str(model_out)
     )
     with dask_client("cpu", workers=1) as client, pytest.raises(InputError, match="injected"):
-        encode_job(client, opts, column_encoder=failing)
+        encode_job(client, opts, backend=Failing())
     assert not model_out.exists() and not out.exists()
 
 
@@ -280,6 +285,14 @@ def test_inverse_refuses_another_model_and_damaged_outputs(encoded, tmp_path, ca
     pq.write_table(
         part.set_column(i, part.schema.field(i), pa.array(z)), damaged / "part-00000.parquet"
     )
+    assert decode(damaged, tmp_path / "b4") != 0
+    assert "not the part the manifest lists" in one_line(capsys)  # its footer changed
+    assert not (tmp_path / "b4").exists()
+    # without the footer's hash (a manifest from before it), the values themselves are checked
+    unchecked = json.loads((damaged / "_manifest.json").read_text())
+    for entry in unchecked["parts"]:
+        entry.pop("footer_sha256")
+    (damaged / "_manifest.json").write_text(json.dumps(unchecked))
     assert decode(damaged, tmp_path / "b4") != 0
     assert "1 NaN or infinite" in one_line(capsys)
     assert not (tmp_path / "b4").exists()
@@ -461,3 +474,108 @@ def test_second_audit_paths_into_the_input_and_odd_urls(encoded, tmp_path, capsy
     assert (tmp_path / "out" / "m.json").exists()
     assert decode(f"file://{enc}", tmp_path / "back") == 0  # file:// is a local path
     assert encode(data, data / "_enc") == 0 and encode(data, data / "_enc", "--overwrite") == 0
+
+
+# ---------------------------------------------------------------- third audit (issue 17)
+def test_learned_rounding_on_a_float32_column_is_bit_exact_in_float32(tmp_path, capsys):
+    """A float32 cent widened to float64 has no short decimal form: rounding is learned in
+    float32, and every row comes back bit for bit with float32 output too (before, 1409 of
+    50,000 rows changed and 0.0 came back as 8.3e-10)."""
+    g = np.random.default_rng(3)
+    cents = (np.rint(g.lognormal(3, 1.5, 50_000) * 100) / 100).astype(np.float32)
+    cents[::97] = 0.0
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"Amount": cents}))
+    for dtype in ("float64", "float32"):
+        out, back = tmp_path / f"enc-{dtype}", tmp_path / f"back-{dtype}"
+        assert encode(inp, out, "--learn-rounding", "--dtype", dtype) == 0
+        assert decode(out, back) == 0
+        restored = pq.read_table(back).column("Amount")
+        assert restored.type == pa.float32()
+        assert np.array_equal(restored.to_numpy().view(np.int32), cents.view(np.int32))
+        assert load_models(out / "_model.json")["Amount"].rounding_digits_ == 2
+    capsys.readouterr()
+
+
+def test_float32_output_says_what_it_loses(tmp_path, capsys):
+    """--dtype float32 without learned rounding is lossy: the log says so and the manifest
+    records each column's largest error (before, 835.92 came back as 835.919986645767 with
+    not a word)."""
+    g = np.random.default_rng(4)
+    x = np.rint(g.lognormal(5, 1, 20_000) * 100) / 100
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"Amount": x}))
+    argv = ["--input", str(inp), "--output", str(tmp_path / "out"), *FAST, "--dtype", "float32"]
+    assert run.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Amount: --dtype float32 without --learn-rounding is lossy" in err
+    assert "Amount: largest decoding error" in err
+    column = json.loads((tmp_path / "out" / "_manifest.json").read_text())["columns"]["Amount"]
+    assert column["decoding"].startswith("lossy")
+    assert decode(tmp_path / "out", tmp_path / "back") == 0
+    restored = pq.read_table(tmp_path / "back").column("Amount").to_numpy()
+    assert column["max_error"] == pytest.approx(np.abs(restored - x).max(), rel=1e-12)
+    assert column["max_error"] > 0
+
+
+def test_hive_partition_folders_are_refused_not_dropped(tmp_path, capsys):
+    for year in (2023, 2024):
+        write(tmp_path / "in" / f"year={year}" / "p.parquet", pa.table({"A": [1.5, 2.5]}))
+    assert pq.read_table(tmp_path / "in").column_names == ["A", "year"]
+    assert encode(tmp_path / "in", tmp_path / "out") == 2
+    assert "'year=2023' is a Hive partition folder" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_file_with_a_special_value_twice_is_refused(tmp_path):
+    data = _fitted_dict()
+    data["fitted"]["special_values"] = [0.0, -0.0]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="special_values must be distinct"):
+        ScaleVGM.load(path)
+
+
+def test_fit_options_with_a_model_in_are_refused(encoded, tmp_path, capsys):
+    model = str(encoded / "enc" / "_model.json")
+    for flag in (["--n-components", "3"], ["--learn-rounding"], ["--special-values", "0"]):
+        argv = ["--input", str(encoded / "in"), "--output", str(tmp_path / "out")]
+        assert run.main([*argv, *CLUSTER, "--model-in", model, *flag]) == 2
+        assert f"{flag[0]} has no effect with --model-in" in one_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rounding_that_learns_nothing_says_so(tmp_path, capsys):
+    x = np.random.default_rng(5).standard_normal(5_000)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"x": x}))
+    argv = ["--input", str(inp), "--output", str(tmp_path / "out"), *FAST, "--learn-rounding"]
+    assert run.main(argv) == 0
+    assert "x: learned no rounding" in capsys.readouterr().err
+
+
+def test_float32_output_blames_float32_not_decimals_for_large_integers(tmp_path, capsys):
+    ints = np.random.default_rng(6).integers(0, 2_000_000_000, 20_000)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"n": ints}))
+    extra = ["--columns", "n", "--n-components", "2", "--learn-rounding", "--dtype", "float32"]
+    assert encode(inp, tmp_path / "out", *extra) == 2
+    err = one_line(capsys)
+    assert "from float32 normalized values" in err and "--dtype float64" in err
+    assert "decimals" not in err
+
+
+def test_empty_columns_option_is_refused(encoded, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:  # argparse's errors exit, as from the shell
+        encode(encoded / "in", tmp_path / "out", "--columns", "")
+    assert exited.value.code == 2
+    assert "expected column names" in one_line(capsys)
+
+
+def test_a_swapped_part_is_refused_by_inverse(tmp_path, capsys):
+    x = np.random.default_rng(7).lognormal(3, 1, 4_000).round(2)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"Amount": x}), row_group_size=1000)
+    assert encode(inp, tmp_path / "enc", "--partition-size", "1000") == 0
+    first, second = tmp_path / "enc" / "part-00000.parquet", tmp_path / "enc" / "part-00001.parquet"
+    first.rename(tmp_path / "swap")
+    second.rename(first)
+    (tmp_path / "swap").rename(second)
+    assert decode(tmp_path / "enc", tmp_path / "back") == 2
+    assert "not the part the manifest lists" in one_line(capsys)
+    assert not (tmp_path / "back").exists()

@@ -434,3 +434,57 @@ def test_blas_threads_come_back_when_overlapping_fits_end_in_another_thread():
         assert blas_threads() == before
         with threadpool_limits(limits=3, user_api="blas"):
             assert blas_threads() == {3}
+
+
+def test_a_later_fit_in_another_thread_runs_on_one_blas_thread():
+    """Fits A and B overlap in long-lived threads and B ends last; then A fits alone; then C
+    fits while A's thread lives on. threadpoolctl lets one thread at a time set OpenBLAS's
+    count: with the settings entered as a context in A, A stayed in control for good and C's
+    fit ran on the default count (the issue's 2 BLAS threads)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threadpoolctl
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gpu_vgm.model import sklearn_fit_settings
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with sklearn_fit_settings():  # loads scikit-learn's libraries
+        pass
+    # a count above one whatever the machine, set without leaving this thread in control
+    limiter = threadpool_limits(limits=3, user_api="blas")
+    threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)
+    try:
+        assert blas_threads() == {3}
+        fit_a, fit_b = _overlapping_fits(blas_threads)
+        alone, lone_done, release = threading.Event(), threading.Event(), threading.Event()
+
+        def thread_a():  # a worker thread that lives on after its fits
+            fit_a()
+            assert alone.wait(10)
+            with sklearn_fit_settings():
+                pass
+            lone_done.set()
+            assert release.wait(30)
+
+        def thread_c():
+            with sklearn_fit_settings():
+                return blas_threads()
+
+        with ThreadPoolExecutor(3) as pool:
+            a = pool.submit(thread_a)
+            assert pool.submit(fit_b).result(10) == {1}
+            alone.set()
+            assert lone_done.wait(10)
+            inside_c = pool.submit(thread_c).result(10)
+            release.set()
+            a.result(10)
+        assert inside_c == {1}
+        assert blas_threads() == {3}
+    finally:
+        threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)
+        limiter.restore_original_limits()
+        threadpoolctl.OpenBLASController.clear_controlling_thread(force=True)

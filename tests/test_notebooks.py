@@ -125,3 +125,12 @@ def test_benchmark_notebook(kernel_env, tmp_path):
         _assert_png(committed)
     else:
         assert not committed.exists()
+
+
+@pytest.mark.slow
+def test_dataframe_api_notebook(kernel_env, tmp_path):
+    kernel_env.setenv("GPU_VGM_NB_ROWS", "300000")
+    kernel_env.setenv("GPU_VGM_NB_OUT", str(tmp_path))
+    _execute("dataframe_api.ipynb", tmp_path)  # its own cells assert the exact roundtrip
+    _assert_png(tmp_path / "dataframe_api_components.png")
+    assert (tmp_path / "dataframe_api_model.json").is_file()

@@ -1,5 +1,6 @@
 """The encode/decode jobs end to end, through the command-line entry points, on real clusters."""
 
+import itertools
 import json
 import os
 import re
@@ -9,8 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_vgm import generate, inverse, pipeline, run
+from gpu_vgm import fitting, generate, inverse, progress, run
 from gpu_vgm.compare import compare
+from gpu_vgm.encode_job import encode_job
+from gpu_vgm.plan import EncodeOptions, plan_encode
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
 
@@ -141,17 +144,17 @@ def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_inp
     from gpu_vgm.cluster import dask_client
 
     def opts(name):
-        return pipeline.EncodeOptions(
+        return EncodeOptions(
             input=str(small_input), output=str(tmp_path / name), sample_size=30_000
         )
 
     with dask_client("cpu", workers=2) as client:
         with threadpool_limits(limits=2):
             # a function that returns the client, as run passes while its cluster starts
-            pipeline.encode_job(lambda: client, opts("here"), fit_threads=2)
+            encode_job(lambda: client, opts("here"), fit_threads=2)
         ran = client.run_on_scheduler(_task_prefixes)
         assert "hold_checked" in ran and "fit_column" not in ran
-        pipeline.encode_job(client, opts("tasks"))
+        encode_job(client, opts("tasks"))
         assert "fit_column" in client.run_on_scheduler(_task_prefixes)
     here, tasks = tmp_path / "here", tmp_path / "tasks"
     assert (here / "_model.json").read_bytes() == (tasks / "_model.json").read_bytes()
@@ -169,20 +172,18 @@ def test_fits_in_threads_prove_their_coverage_only_when_asked(small_input, monke
     monkeypatch.setattr(
         ScaleVGM, "check_coverage", lambda self: proven.append(self.column) or check(self)
     )
-    opts = pipeline.EncodeOptions(input=str(small_input), output="unused", sample_size=5_000)
-    fs, files, columns, parts = pipeline.plan_encode(opts)
+    opts = EncodeOptions(input=str(small_input), output="unused", sample_size=5_000)
+    plan = plan_encode(opts)
     for asked, expected in ((True, ["Amount"]), (False, [])):
         proven.clear()
-        models = pipeline.fit_models(
-            None, fs, files, columns, parts, opts, threads=2, check_coverage=asked
-        )
+        models = fitting.fit_models(None, plan, threads=2, check_coverage=asked)
         assert list(models) == ["Amount"] and proven == expected
 
 
 def test_progress_is_logged_where_stderr_is_not_a_terminal(
     small_input, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(pipeline, "PROGRESS_INTERVAL", 0.0)  # a line for every part but the last
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL", 0.0)  # a line for every part but the last
     argv = ["--input", str(small_input), "--output", str(tmp_path / "enc"), "--backend", "cpu"]
     assert run.main([*argv, "--partition-size", "100K"]) == 0
     assert inverse.main(["--input", str(tmp_path / "enc"), "--output", str(tmp_path / "d")]) == 0
@@ -348,3 +349,74 @@ def test_unwritable_output_and_gpu_without_gpu(small_input, tmp_path, capsys):
             assert rc == 3
             assert "no usable GPU" in capsys.readouterr().err
             assert not (tmp_path / "g").exists()
+
+
+def _write_layout(table, root, files, row_group):
+    root.mkdir(parents=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(np.int64)
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+        pq.write_table(table.slice(a, b - a), root / f"f-{i:04d}.parquet", row_group_size=row_group)
+
+
+@pytest.mark.parametrize("mode", ["argmax", "sample"])
+def test_any_input_layout_gives_the_same_values_in_sized_parts(tmp_path, mode):
+    """The same rows as 6 files of 5k-row groups, one file of one row group (read in slices),
+    and 300 small files (grouped): identical output values, parts of about --partition-size,
+    a manifest that maps every part to its input rows, and an exact inverse."""
+    g = np.random.default_rng(12)
+    rows = 60_000
+    cents = np.rint(g.lognormal(3, 1.2, (3, rows)) * 100) / 100
+    cents[0, ::101] = np.nan
+    table = pa.table(
+        {
+            "a": pa.array(cents[0]),
+            "b": pa.array(cents[1], mask=g.random(rows) < 0.01),
+            "c": cents[2],
+            "id": np.arange(rows),
+        }
+    )
+    layouts = {"files-6": (6, 5_000), "one-group": (1, rows), "files-300": (300, 200)}
+    for name, (files, group) in layouts.items():
+        _write_layout(table, tmp_path / name, files, group)
+    model = tmp_path / "model.json"
+    fit = ["--input", str(tmp_path / "files-6"), "--output", str(tmp_path / "fit")]
+    assert (
+        run.main([*fit, "--learn-rounding", "--model-out", str(model), "-q", "--workers", "2"]) == 0
+    )
+    for name in layouts:
+        argv = ["--input", str(tmp_path / name), "--output", str(tmp_path / f"out-{name}")]
+        argv += ["--model-in", str(model), "--mode", mode, "--partition-size", "10K", "-q"]
+        assert run.main([*argv, "--workers", "2"]) == 0
+        manifest = json.loads((tmp_path / f"out-{name}" / "_manifest.json").read_text())
+        assert len(manifest["parts"]) == 6  # 60k rows in parts of 10k, whatever the layout
+        offset = 0
+        for part in manifest["parts"]:
+            assert part["row_offset"] == offset
+            assert sum(s[3] for s in part["segments"]) == part["rows"]
+            offset += part["rows"]
+        assert offset == rows
+        if name != "files-6":
+            same = compare(tmp_path / "out-files-6", tmp_path / f"out-{name}")
+            assert same["rows"] == rows and not any(same["mismatches"].values()), same
+        back = tmp_path / f"back-{name}"
+        assert inverse.main(["--input", str(tmp_path / f"out-{name}"), "--output", str(back)]) == 0
+        restored = compare(tmp_path / name, back)
+        assert restored["rows"] == rows and not any(restored["mismatches"].values()), restored
+    one_group = json.loads((tmp_path / "out-one-group" / "_manifest.json").read_text())
+    assert [p["segments"][0][2] for p in one_group["parts"]] == list(range(0, rows, 10_000))
+
+
+def test_partitions_by_bytes_slice_and_group_too(tmp_path):
+    g = np.random.default_rng(13)
+    table = pa.table({"a": np.rint(g.lognormal(3, 1, 40_000) * 100) / 100})
+    _write_layout(table, tmp_path / "in", 1, 40_000)
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "-q"]
+    assert run.main([*argv, "--partition-size", "100KiB", "--workers", "1"]) == 0
+    parts = json.loads((tmp_path / "out" / "_manifest.json").read_text())["parts"]
+    assert len(parts) == 4  # 320 kB of doubles in slices of at most 100 KiB
+    assert inverse.main(["--input", str(tmp_path / "out"), "--output", str(tmp_path / "b")]) == 0
+    assert not any(
+        compare(tmp_path / "in", tmp_path / "b", tmp_path / "out/_model.json")[
+            "mismatches"
+        ].values()
+    )

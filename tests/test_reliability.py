@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpu_vgm import generate, inverse, report, run, tasks
+from gpu_vgm import generate, inverse, report, run
+from gpu_vgm.backends import ArrowCPU
 from gpu_vgm.cluster import cpu_layout, dask_client
 from gpu_vgm.compare import compare
-from gpu_vgm.pipeline import EncodeOptions, encode_job
+from gpu_vgm.encode_job import encode_job
+from gpu_vgm.plan import EncodeOptions
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*did not converge")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
@@ -71,9 +74,10 @@ def _same(a, b):
     return result["rows"] > 0 and not any(result["mismatches"].values())
 
 
-def slow_encoder(model, x, row_offset):
-    time.sleep(0.15)  # long enough to kill a worker while parts are in flight
-    return tasks.vgm_column_encoder(model, x, row_offset)
+class SlowCPU(ArrowCPU):
+    def column(self, frame, name, source):
+        time.sleep(0.15)  # long enough to kill a worker while parts are in flight
+        return super().column(frame, name, source)
 
 
 def test_worker_killed_mid_run_output_identical(data, tmp_path):
@@ -91,9 +95,7 @@ def test_worker_killed_mid_run_output_identical(data, tmp_path):
         assert len(before) == 1
         job = {}
         thread = threading.Thread(
-            target=lambda: job.update(
-                manifest=encode_job(client, opts, column_encoder=slow_encoder)
-            )
+            target=lambda: job.update(manifest=encode_job(client, opts, backend=SlowCPU()))
         )
         thread.start()
         deadline = time.time() + 60
@@ -114,14 +116,13 @@ def _checkpointed_parts(out):
     return 0
 
 
-def test_killed_job_leaves_no_output_and_resume_matches_clean_run(data, tmp_path):
-    out = tmp_path / "out"
-    cmd = [
+def _run_cmd(inp, out):
+    return [
         sys.executable,
         "-m",
         "gpu_vgm.run",
         "--input",
-        str(data / "in"),
+        str(inp),
         "--output",
         str(out),
         "--backend",
@@ -134,6 +135,10 @@ def test_killed_job_leaves_no_output_and_resume_matches_clean_run(data, tmp_path
         "20K",
         "--quiet",
     ]
+
+
+def _kill_midway(cmd, out):
+    """Run ``cmd`` and SIGKILL it, with its workers, once 3 parts are checkpointed."""
     proc = subprocess.Popen(cmd, start_new_session=True)
     deadline = time.time() + 120
     while _checkpointed_parts(out) < 3 and time.time() < deadline and proc.poll() is None:
@@ -142,11 +147,77 @@ def test_killed_job_leaves_no_output_and_resume_matches_clean_run(data, tmp_path
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+
+
+def test_killed_job_leaves_no_output_and_resume_matches_clean_run(data, tmp_path):
+    out = tmp_path / "out"
+    cmd = _run_cmd(data / "in", out)
+    _kill_midway(cmd, out)
     rerun = subprocess.run([*cmd[:-1], "--resume"], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming" in rerun.stderr and "parts already written" in rerun.stderr
     assert not list(tmp_path.glob("out.tmp-*"))
     # 20K partitions here, 100K in the clean run: the data must still be identical
+    assert _same(data / "clean", out)
+
+
+def _rewrite_header(out, **changes):
+    """Change the checkpoint header a killed run left (as another machine or process would)."""
+    (ckpt,) = Path(out).parent.glob(f"{Path(out).name}.tmp-*/_checkpoint.jsonl")
+    lines = ckpt.read_text().splitlines()
+    header = json.loads(lines[0])
+    header.update(changes)
+    ckpt.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+
+
+def test_resume_never_adopts_parts_made_from_other_input_bytes(data, tmp_path):
+    """A file rewritten with the same rows and row groups but other values: --resume must
+    start over (the fingerprint holds sizes, times and footers), and the output decode to the
+    new input. Before, it adopted the killed run's parts and model."""
+    inp = tmp_path / "in"
+    shutil.copytree(data / "in", inp)
+    out = tmp_path / "out"
+    cmd = _run_cmd(inp, out)
+    _kill_midway(cmd, out)
+    first = sorted(inp.glob("*.parquet"))[0]
+    table = pq.read_table(first)
+    amounts = table.column("Amount").to_numpy()
+    changed = table.set_column(
+        table.schema.get_field_index("Amount"), "Amount", pa.array(amounts[::-1].copy())
+    )
+    meta = pq.ParquetFile(first).metadata
+    pq.write_table(changed, first, row_group_size=meta.row_group(0).num_rows)
+    assert pq.ParquetFile(first).metadata.num_row_groups == meta.num_row_groups
+    rerun = subprocess.run([*cmd[:-1], "--resume"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" not in rerun.stderr
+    assert inverse.main(["--input", str(out), "--output", str(tmp_path / "back"), "-q"]) == 0
+    result = compare(inp, tmp_path / "back", out / "_model.json")
+    assert result["rows"] == 3_000_000 and not any(result["mismatches"].values()), result
+
+
+def test_resume_adopts_a_leftover_whose_pid_is_ours_or_reused(data, tmp_path):
+    """In a container every run is PID 1: the killed run's pid is the rerun's own. And a pid
+    may be reused by an unrelated process. Neither means the killed run is alive."""
+    out = tmp_path / "out"
+    cmd = _run_cmd(data / "in", out)
+    _kill_midway(cmd, out)
+    _rewrite_header(out, pid=os.getpid())  # as if this process were the killed one's PID 1
+    argv = cmd[cmd.index("--input") :]
+    assert run.main([*argv[:-1], "--resume"]) == 0
+    assert not list(tmp_path.glob("out.tmp-*"))  # adopted: no leftover remains
+    assert _same(data / "clean", out)
+    shutil.rmtree(out)
+    _kill_midway(cmd, out)
+    stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the killed run
+    try:
+        _rewrite_header(out, pid=stranger.pid)
+        rerun = subprocess.run([*cmd[:-1], "--resume"], capture_output=True, text=True)
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr
     assert _same(data / "clean", out)
 
 
@@ -200,7 +271,7 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
-            assert not {"fit_column", "encode_partition"} & client.run_on_scheduler(_task_prefixes)
+            assert not {"fit_column", "encode_unit"} & client.run_on_scheduler(_task_prefixes)
             rc = run.main(
                 [
                     "--input",
@@ -216,7 +287,7 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
             )
             assert rc == 0
             # the external scheduler did the work (a local cluster would also have 2 workers)
-            assert {"fit_column", "encode_partition"} <= client.run_on_scheduler(_task_prefixes)
+            assert {"fit_column", "encode_unit"} <= client.run_on_scheduler(_task_prefixes)
     finally:
         for p in procs:
             p.terminate()
@@ -477,3 +548,12 @@ def test_object_storage_input_and_output_match_local(data, tmp_path, s3_server):
         "mismatches"
     ] == {"Amount": 0}
     assert encode() != 0  # exists, no --overwrite
+
+
+def test_a_model_in_an_object_store_is_read_like_a_path(data, tmp_path, s3_server):
+    """--model-in s3://... crashed with a traceback (the checkpoint read it as a local path)."""
+    s3_server.mkdir("bucket")
+    s3_server.put(str(data / "clean" / "_model.json"), "bucket/model.json")
+    argv = ["--input", str(data / "in"), "--output", str(tmp_path / "out"), "--backend", "cpu"]
+    assert run.main([*argv, "--model-in", "s3://bucket/model.json", "--quiet"]) == 0
+    assert _same(data / "clean", tmp_path / "out")

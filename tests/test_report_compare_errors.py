@@ -27,6 +27,7 @@ def encoded(tmp_path_factory):
         pq.write_table(pa.table({"a": a, "b": g.normal(size=1500)}), root / f"in/p{i}.parquet")
     argv = ["--input", str(root / "in"), "--output", str(root / "enc"), "--columns", "a"]
     argv += ["--backend", "cpu", "--workers", "1", "--sample-size", "2000", "--max-iter", "20"]
+    argv += ["--partition-size", "1500"]  # a part per file
     assert run.main([*argv, "--quiet"]) == 0
     return root
 
@@ -206,8 +207,8 @@ def test_compare_equal_infinities_nan_and_null_without_warnings(encoded, tmp_pat
     nulls = write(
         tmp_path / "nulls", pa.table({"a": pa.array([1.0, np.inf, -np.inf] + [None] * 4)})
     )
-    assert compare.main([d, nulls]) == 1  # null equals NaN, not a number
-    assert "mismatches: {'a': 2}" in capsys.readouterr().out
+    assert compare.main([d, nulls]) == 1  # null equals null only: not NaN, not a number
+    assert "mismatches: {'a': 3}" in capsys.readouterr().out
     flipped = write(
         tmp_path / "f", pa.table({"a": [1.0, -np.inf, -np.inf, 5.0, 6.0, -1e308, 1e308]})
     )
@@ -219,6 +220,17 @@ def test_compare_equal_infinities_nan_and_null_without_warnings(encoded, tmp_pat
     assert compare.main([d, flipped, "--model", model]) == 1
     assert "mismatches: {'a': 5}" in capsys.readouterr().out
     assert capsys.readouterr().err == ""
+
+
+def test_compare_compares_bits_with_nan_payloads_equal(tmp_path, capsys):
+    """-0.0 is not 0.0 (the bits differ); NaN equals NaN whatever its payload."""
+    quiet_nan = np.array([np.nan])
+    other_nan = np.array([0x7FF8000000000123], np.int64).view(np.float64)
+    a = write(tmp_path / "a", pa.table({"x": np.array([0.0, -0.0, quiet_nan[0], 2.5])}))
+    b = write(tmp_path / "b", pa.table({"x": np.array([-0.0, 0.0, other_nan[0], 2.5])}))
+    assert compare.main([a, b]) == 1
+    assert "mismatches: {'x': 2}" in capsys.readouterr().out
+    assert compare.main([a, a]) == 0
 
 
 def test_compare_nested_and_other_types_by_exact_equality(tmp_path, capsys):
