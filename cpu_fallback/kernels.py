@@ -26,9 +26,16 @@ _INV_2_53 = 1.0 / 9007199254740992.0
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
-_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = (
-    1.0 / math.factorial(j) for j in range(2, 13)
-)
+_TAYLOR = tuple(1.0 / math.factorial(j) for j in range(2, 13))  # C_j = 1 / j!
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = _TAYLOR
+# Written into the CUDA source as VGM_<name> (gpu_vgm/cuda_source.py): one definition each.
+SHARED_CONSTANTS = {
+    "INV_2_53": _INV_2_53,
+    "LOG2E": _LOG2E,
+    "LN2_HI": _LN2_HI,
+    "LN2_LO": _LN2_LO,
+    **{f"C{j}": c for j, c in enumerate(_TAYLOR, start=2)},
+}
 
 
 @nb.njit(inline="always")
