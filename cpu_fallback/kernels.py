@@ -127,9 +127,10 @@ def _finish_block(x, start, length, sel, m, four_s, ids, special, special_base, 
                 comp_out[row] = -1
                 continue
             n_inf += 1 if np.isinf(xi) else 0
-            n_ooc += 1
+            special_hit = False
             for j in range(special.shape[0]):
-                n_ooc -= 1 if xi == special[j] else 0
+                special_hit |= xi == special[j]
+            n_ooc += 0 if special_hit else 1  # once per row, whatever the specials repeat
             k = _nearest(xi, m, four_s)
             z_out[row] = (xi - m[k]) / four_s[k]
             comp_out[row] = ids[k]

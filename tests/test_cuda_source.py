@@ -169,7 +169,9 @@ MODELS = {  # name -> ScaleVGM arguments besides n_components=10
     "learn_rounding": {"special_values": [0.0], "learn_rounding": True},
     "several_specials": {"special_values": [0.0, 1.0, -2.5, 99.99, 7.7e7, -3e9]},
     "no_specials": {},
+    "repeated_specials": {},  # KernelParams.special replaced by REPEATED_SPECIALS
 }
+REPEATED_SPECIALS = np.array([0.0, 7.7e7, 12.5, 0.0, 7.7e7, -3e9, 7.7e7])  # ScaleVGM dedups
 
 
 @pytest.fixture(scope="session", params=list(MODELS))
@@ -180,6 +182,8 @@ def params(request, column):
         model = ScaleVGM(n_components=10, **MODELS[request.param])
         model.fit(sample, value_range=value_range)
     assert (model.rounding_digits_ == 2) == (request.param == "learn_rounding")
+    if request.param == "repeated_specials":
+        return model.kernel_params_._replace(special=REPEATED_SPECIALS)
     return model.kernel_params_
 
 

@@ -71,6 +71,19 @@ def test_infinite_values_are_counted():
     assert n_inf == 2
 
 
+@pytest.mark.parametrize("mode", ["argmax", "sample"])
+def test_a_repeated_special_value_is_counted_once(mode):
+    """KernelParams may repeat a special value: a row equal to it takes the last one's id and
+    is not out of coverage, however many times it repeats (the count never goes negative)."""
+    p = ScaleVGM(n_components=2).fit(np.arange(10.0)).kernel_params_
+    p = p._replace(special=np.array([1e6, 5.0, 1e6, 1e6]))
+    z, comp, n_out, _ = kernels.encode(np.array([1e6, 5.0, 2e6, 3.0]), p, mode, 0, 0)
+    base = p.special_base
+    np.testing.assert_array_equal(comp[:2], [base + 3, base + 1])
+    np.testing.assert_array_equal(z[:2], [0.0, 0.0])
+    assert n_out == 1  # 2e6 alone
+
+
 def test_decode_counts_invalid_component_ids():
     model = ScaleVGM(n_components=2).fit(np.arange(10.0))
     n_ids = model.kernel_params_.n_ids
