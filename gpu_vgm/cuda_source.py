@@ -20,9 +20,9 @@ OPTIONS = ("--fmad=false",)
 
 @functools.cache
 def source():
-    """The CUDA source: the shared constants as ``#define VGM_<name>`` lines (repr round-trips
-    each double exactly), then the text of kernels.cu."""
-    defines = "".join(f"#define VGM_{name} {value!r}\n" for name, value in SHARED_CONSTANTS.items())
+    """The CUDA source: the shared constants as ``#define VGM_<name> (value)`` lines (repr
+    round-trips each double exactly), then the text of kernels.cu."""
+    defines = "".join(f"#define VGM_{n} ({v!r})\n" for n, v in SHARED_CONSTANTS.items())
     body = resources.files("gpu_vgm").joinpath("kernels.cu").read_text(encoding="utf-8")
     return defines + body
 

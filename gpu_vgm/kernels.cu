@@ -1,9 +1,11 @@
 // gpu_vgm's CUDA kernels: a mirror of cpu_fallback/kernels.py, bit for bit; see
 // gpu_vgm/kernels.py for why every operation is an intrinsic. Not compiled on its own:
 // gpu_vgm/cuda_source.py puts #define lines before it for the constants it shares with
-// cpu_fallback (VGM_INV_2_53, VGM_LOG2E, VGM_LN2_HI, VGM_LN2_LO, VGM_C2 .. VGM_C12).
+// cpu_fallback (VGM_INV_2_53, VGM_LOG2E, VGM_LN2_HI, VGM_LN2_LO, VGM_C2 .. VGM_C12,
+// VGM_NEG_ZERO_COMPONENT).
 #define VGM_INF __longlong_as_double(0x7ff0000000000000LL)
 #define VGM_NAN __longlong_as_double(0x7ff8000000000000LL)
+#define VGM_NEG_ZERO_BITS ((long long)0x8000000000000000ULL)  /* -0.0: the sign bit alone */
 
 __device__ __forceinline__ unsigned long long vgm_splitmix64(unsigned long long x)
 {
@@ -81,10 +83,11 @@ __device__ __forceinline__ void vgm_scan(
     }
 }
 
-// NaN -> (-1, 0); a finite special value j -> (special_base + j, 0). The CPU also resolves
-// these rows, but its result is overwritten and a finite special value adds to no count, so
-// they skip the loops. (An infinite special value, which the model never makes, goes the
-// whole way: the CPU counts it as infinite.)
+// NaN -> (-1, 0); a finite special value j -> (special_base + j, 0), where a special value 0
+// keeps the row's sign in z (+0 or -0); -0.0 with no special value 0 -> (NEG_ZERO_COMPONENT,
+// +0). The CPU also resolves these rows, but its result is overwritten and they add to no
+// count, so they skip the loops. (An infinite special value, which the model never makes, goes
+// the whole way: the CPU counts it as infinite.)
 __device__ __forceinline__ bool vgm_missing_or_special(
     double xi, const double* __restrict__ special, int n_special, long long special_base,
     double* __restrict__ z_out, short* __restrict__ comp_out, long long i)
@@ -99,8 +102,13 @@ __device__ __forceinline__ bool vgm_missing_or_special(
     for (int j = 0; j < n_special; ++j) {
         if (xi == special[j]) hit = j;  // the last match, as the CPU's overwriting loop
     }
-    if (hit < 0) return false;
-    z_out[i] = 0.0;
+    if (hit < 0) {
+        if (__double_as_longlong(xi) != VGM_NEG_ZERO_BITS) return false;
+        z_out[i] = 0.0;
+        comp_out[i] = (short)VGM_NEG_ZERO_COMPONENT;
+        return true;
+    }
+    z_out[i] = (special[hit] == 0.0) ? xi : 0.0;
     comp_out[i] = (short)(special_base + hit);
     return true;
 }
@@ -258,8 +266,12 @@ __device__ __forceinline__ void vgm_decode_rows(
         if (0 <= k && k < n_mix) {
             v = __dadd_rn(__dmul_rn((double)z[i], four_s_all[k]), m_all[k]);
             if (digits >= 0) v = __ddiv_rn(rint(__dmul_rn(v, scale)), scale);
+            v = __dadd_rn(v, 0.0);  // a zero is +0.0: rounding -1e-18 gives -0.0
         } else if (n_mix <= k && k < n_ids) {
             v = special[k - n_mix];
+            if (v == 0.0) v = copysign(0.0, (double)z[i]);  // encode put -0.0's sign on z
+        } else if (k == VGM_NEG_ZERO_COMPONENT) {
+            v = -0.0;
         } else {
             v = VGM_NAN;
             if (k != -1) n_invalid += 1ULL;

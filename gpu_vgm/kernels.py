@@ -172,7 +172,7 @@ def decode(z, component, params):
     """Decode z and component ids to float64 values on the GPU; returns (x, n_invalid_ids).
 
     The same contract as ``cpu_fallback.kernels.decode``: component -1 and ids out of range
-    decode to NaN; the latter are counted.
+    decode to NaN; the latter are counted. NEG_ZERO_COMPONENT decodes to -0.0.
     """
     z = _as_1d(z, "z")
     if z.dtype == cupy.float32:

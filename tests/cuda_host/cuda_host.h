@@ -35,6 +35,13 @@ static inline double __longlong_as_double(long long bits)
     return d;
 }
 
+static inline long long __double_as_longlong(double d)
+{
+    long long bits;
+    memcpy(&bits, &d, sizeof bits);
+    return bits;
+}
+
 static inline double __ull2double_rn(unsigned long long v) { return (double)v; }
 
 // The other 31 lanes of this one-thread warp do not exist, so they add nothing: 0 keeps the
