@@ -387,6 +387,8 @@ def decode(z, component, params):
     """
     z = np.ascontiguousarray(z)
     component = np.ascontiguousarray(component, dtype=np.int16)
+    if component.shape[0] != z.shape[0]:  # numba would read past the end of component
+        raise ValueError(f"z has {z.shape[0]} rows but component has {component.shape[0]}")
     out = np.empty(z.shape[0], dtype=np.float64)
     n_invalid = _decode(
         z,

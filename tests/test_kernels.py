@@ -102,6 +102,13 @@ def test_decode_counts_invalid_component_ids():
     assert np.isnan(x[[0, 2, 3]]).all() and np.isfinite(x[1])
 
 
+@pytest.mark.parametrize("n_component", [3, 5])
+def test_decode_rejects_component_of_another_length(n_component):
+    p = ScaleVGM(n_components=2).fit(np.arange(10.0)).kernel_params_
+    with pytest.raises(ValueError, match=f"z has 4 rows but component has {n_component}"):
+        kernels.decode(np.zeros(4), np.zeros(n_component, dtype=np.int16), p)
+
+
 @given(st.floats(min_value=-800.0, max_value=0.0))
 @settings(max_examples=300, deadline=None)
 def test_exp_nonpositive_is_accurate(t):
