@@ -31,15 +31,27 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 _NEG_ZERO_BITS = -(2**63)  # -0.0 as int64 bits: the sign bit alone
-_TAYLOR = tuple(1.0 / math.factorial(j) for j in range(2, 13))  # C_j = 1 / j!
-_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = _TAYLOR
-# Written into the CUDA source as VGM_<name> (gpu_vgm/cuda_source.py): one definition each.
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = (
+    1.0 / math.factorial(j) for j in range(2, 13)
+)
+# Written into the CUDA source as VGM_<name> (gpu_vgm/cuda_source.py): the very values the
+# numba kernels read, so the two backends cannot drift apart.
 SHARED_CONSTANTS = {
     "INV_2_53": _INV_2_53,
     "LOG2E": _LOG2E,
     "LN2_HI": _LN2_HI,
     "LN2_LO": _LN2_LO,
-    **{f"C{j}": c for j, c in enumerate(_TAYLOR, start=2)},
+    "C2": _C2,
+    "C3": _C3,
+    "C4": _C4,
+    "C5": _C5,
+    "C6": _C6,
+    "C7": _C7,
+    "C8": _C8,
+    "C9": _C9,
+    "C10": _C10,
+    "C11": _C11,
+    "C12": _C12,
     "NEG_ZERO_COMPONENT": NEG_ZERO_COMPONENT,
 }
 

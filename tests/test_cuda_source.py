@@ -51,6 +51,14 @@ def _run(cmd):
     assert res.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{res.stderr[-4000:]}"
 
 
+def test_defines_are_the_cpu_kernels_constants():
+    """Each shared constant reaches the CUDA source as the same double (or int)."""
+    defines = dict(re.findall(r"^#define VGM_(\w+) \((\S+)\)$", cuda_source.source(), re.M))
+    shared = cpu_kernels.SHARED_CONSTANTS
+    assert {n: float(defines[n]) for n in shared} == shared
+    assert (shared["C12"], shared["LN2_HI"]) == (cpu_kernels._C12, cpu_kernels._LN2_HI)
+
+
 @pytest.fixture(scope="session")
 def source_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("cuda_source") / "vgm.cu"
