@@ -80,6 +80,9 @@ def test_ptx_has_every_kernel_and_no_fused_multiply_add(ptx):
     assert len(kernels) == 6
     assert set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx)) == set(kernels)
     assert "fma.rn.f64" not in ptx
+    # A double add/sub/mul without .rn leaves ptxas free to fuse it into an fma later.
+    bare = re.findall(r"\b(?:add|sub|mul)\.f64\b.*", ptx)
+    assert not bare, f"{len(bare)} double operations ptxas may fuse, e.g. {bare[:3]}"
 
 
 # ---------------------------------------------------------------------- host build
