@@ -7,6 +7,8 @@ Per row x (DESIGN.md "Lossless by construction"):
   sample      the candidate drawn from the candidates' softmax with u = splitmix64(key ^ row)
   no candidate  the active component with the smallest |x - m_k| / 4 s_k, counted out-of-coverage
   NaN         component -1, z = 0;   special value j: component special_base + j, z = 0
+  -0.0        a special value 0's component with z = -0.0 (the sign rides on z); with no
+              special value 0, component NEG_ZERO_COMPONENT (-3), z = +0, never out of coverage
   z           (x - m_k) / (4 s_k), never clipped
 
 The argmax kernel walks fixed-size blocks of rows with the component loop outside and a
@@ -20,15 +22,38 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from gpu_vgm.params import NEG_ZERO_COMPONENT
+
 BLOCK = 512
 SAMPLE_BLOCK = 1024  # keeps the (components x rows) weights in L1
 _INV_2_53 = 1.0 / 9007199254740992.0
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
+_NEG_ZERO_BITS = -(2**63)  # -0.0 as int64 bits: the sign bit alone
 _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12 = (
     1.0 / math.factorial(j) for j in range(2, 13)
 )
+# Written into the CUDA source as VGM_<name> (gpu_vgm/cuda_source.py): the very values the
+# numba kernels read, so the two backends cannot drift apart.
+SHARED_CONSTANTS = {
+    "INV_2_53": _INV_2_53,
+    "LOG2E": _LOG2E,
+    "LN2_HI": _LN2_HI,
+    "LN2_LO": _LN2_LO,
+    "C2": _C2,
+    "C3": _C3,
+    "C4": _C4,
+    "C5": _C5,
+    "C6": _C6,
+    "C7": _C7,
+    "C8": _C8,
+    "C9": _C9,
+    "C10": _C10,
+    "C11": _C11,
+    "C12": _C12,
+    "NEG_ZERO_COMPONENT": NEG_ZERO_COMPONENT,
+}
 
 
 @nb.njit(inline="always")
@@ -37,6 +62,14 @@ def _splitmix64(x):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(inline="always")
+def _has_zero(special):
+    found = False
+    for j in range(special.shape[0]):
+        found |= special[j] == 0.0
+    return found
 
 
 @nb.njit(inline="always")
@@ -100,13 +133,16 @@ def _candidate_logits_block(xb, length, m, half_p, c, radius, best, sel, ncand, 
 @nb.njit(inline="always")
 def _finish_block(x, start, length, sel, m, four_s, ids, special, special_base, z_out, comp_out):
     """Write z and component ids for a block; returns (out_of_coverage, infinite) counts."""
+    own_neg_zero = not _has_zero(special)  # else -0.0 takes the special value 0's id below
     unresolved = False
     for i in range(length):  # branch-free: rows without a candidate are fixed up below
         row = start + i
+        xi = x[row]
         k = max(np.int64(sel[i]), 0)
         unresolved |= sel[i] < 0.0
-        z_out[row] = (x[row] - m[k]) / four_s[k]
-        comp_out[row] = ids[k]
+        neg_zero = own_neg_zero & (_float64_bits(xi) == _NEG_ZERO_BITS)
+        z_out[row] = 0.0 if neg_zero else (xi - m[k]) / four_s[k]
+        comp_out[row] = NEG_ZERO_COMPONENT if neg_zero else ids[k]
     n_ooc = 0
     n_inf = 0
     if unresolved:  # NaN, inf, or a value outside the fitted coverage
@@ -119,18 +155,23 @@ def _finish_block(x, start, length, sel, m, four_s, ids, special, special_base, 
                 z_out[row] = 0.0
                 comp_out[row] = -1
                 continue
+            if _float64_bits(xi) == _NEG_ZERO_BITS:
+                continue  # NEG_ZERO_COMPONENT (above) or a special value 0 (below)
             n_inf += 1 if np.isinf(xi) else 0
-            n_ooc += 1
+            special_hit = False
             for j in range(special.shape[0]):
-                n_ooc -= 1 if xi == special[j] else 0
+                special_hit |= xi == special[j]
+            n_ooc += 0 if special_hit else 1  # once per row, whatever the specials repeat
             k = _nearest(xi, m, four_s)
             z_out[row] = (xi - m[k]) / four_s[k]
             comp_out[row] = ids[k]
-    for j in range(special.shape[0]):  # values with their own id, z = 0
+    for j in range(special.shape[0]):  # values with their own id, z = 0 (a zero keeps its sign)
         sv = special[j]
+        zero = sv == 0.0
         for i in range(length):
-            hit = x[start + i] == sv
-            z_out[start + i] = 0.0 if hit else z_out[start + i]
+            xi = x[start + i]
+            hit = xi == sv
+            z_out[start + i] = (xi if zero else 0.0) if hit else z_out[start + i]
             comp_out[start + i] = special_base + j if hit else comp_out[start + i]
     return n_ooc, n_inf
 
@@ -159,6 +200,17 @@ def _bits_as_float64(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _float64_bits(typingctx, value):
+    """Reinterpret a float64 as its int64 bits, inside vectorizable loops."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
 
     return sig, codegen
 
@@ -283,8 +335,13 @@ def _decode(z, comp, m_all, four_s_all, special, special_base, digits, out):
             v = np.float64(z[i]) * four_s_all[k] + m_all[k]
             if digits >= 0:
                 v = np.rint(v * scale) / scale
+            v += 0.0  # a zero is +0.0: rounding -1e-18 gives -0.0
         elif n_mix <= k < n_ids:
             v = special[k - n_mix]
+            if v == 0.0:
+                v = math.copysign(0.0, np.float64(z[i]))  # encode put -0.0's sign on z
+        elif k == NEG_ZERO_COMPONENT:
+            v = -0.0
         else:
             v = np.nan
             if k != -1:
@@ -338,9 +395,12 @@ def decode(z, component, params):
     """Decode z and component ids to float64 values; returns (x, n_invalid_ids).
 
     Component -1 and ids out of range decode to NaN; the latter are counted.
+    NEG_ZERO_COMPONENT decodes to -0.0.
     """
     z = np.ascontiguousarray(z)
     component = np.ascontiguousarray(component, dtype=np.int16)
+    if component.shape[0] != z.shape[0]:  # numba would read past the end of component
+        raise ValueError(f"z has {z.shape[0]} rows but component has {component.shape[0]}")
     out = np.empty(z.shape[0], dtype=np.float64)
     n_invalid = _decode(
         z,

@@ -9,6 +9,10 @@ import numpy as np
 Z_LIMIT = 0.99
 RADIUS_FACTOR = Z_LIMIT * (1.0 - 2.0**-40)
 
+# Component ids below 0: -1 is NaN (kernels), -2 null (pipeline), -3 negative zero (kernels:
+# a -0.0 where no special value is 0, so that it decodes with its sign).
+NEG_ZERO_COMPONENT = -3
+
 # Limits shared by the command line, ScaleVGM and model-file validation.
 MAX_COMPONENTS = 1000
 MAX_SEED = 2**32 - 1  # scikit-learn's random_state limit
