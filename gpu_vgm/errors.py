@@ -35,6 +35,10 @@ class BackendUnavailableError(VGMError, RuntimeError):
     exit_code = 3
 
 
+class PoorFitWarning(UserWarning):
+    """A mixture that describes its sample poorly (encoding stays lossless)."""
+
+
 def shorten(values, limit=5):
     """``[1, 2, 3, 4, 5, 6, 7]`` -> ``"1, 2, 3, 4, 5 + 2 more"`` for error messages."""
     values = list(values)

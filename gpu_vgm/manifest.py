@@ -61,6 +61,7 @@ def encode_manifest(plan, models, results, backend, client, timings):
             "field": schema.field_to_text(field),
             "out_of_coverage": sum(r["out_of_coverage"][c] for r in results),
             "decoding": decoding(models[c], field.type),
+            "fit": getattr(models[c], "fit_figures_", None),
         }
         errors = [r["max_error"][c] for r in results if c in r.get("max_error", {})]
         if errors:

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from gpu_vgm import mixture, model_schema, rng, storage
-from gpu_vgm.errors import InputError, NotFittedError, shorten
+from gpu_vgm.errors import InputError, NotFittedError, PoorFitWarning, shorten
 from gpu_vgm.model_schema import FORMAT, FORMAT_VERSION, PARAMETER_CONSTRAINTS
 from gpu_vgm.params import (
     RADIUS_FACTOR,
@@ -199,7 +199,7 @@ class ScaleVGM:
         check_magnitude(lo, hi, self.column)
 
         bgmm = None
-        self.converged_ = True
+        self.converged_, self.fit_figures_ = True, None
         if fit_values.size >= 2:  # scikit-learn needs two samples; coverage handles fewer
             bgmm = self._fit_bgmm(fit_values)
             means = bgmm.means_.reshape(-1).astype(np.float64)
@@ -247,30 +247,29 @@ class ScaleVGM:
         return self
 
     def _fit_bgmm(self, values):
-        from sklearn.exceptions import ConvergenceWarning
-
-        bgmm = mixture.new_bgmm(self, min(self.n_components, values.size))
         with sklearn_fit_settings():
-            bgmm.fit(values.reshape(-1, 1))
+            bgmm, self.fit_figures_ = mixture.fit_bgmm(self, values)
         self.converged_ = bool(bgmm.converged_)
-        if not bgmm.converged_:
+        if self.fit_figures_["poor"]:
             warnings.warn(
-                f"column {self.column!r}: the mixture did not converge in {self.max_iter} "
-                "iterations; encoding stays lossless, but components may fit the data less well "
-                "(raise max_iter)",
-                ConvergenceWarning,
-                stacklevel=3,
+                f"column {self.column!r}: {self._poor_fit_text()}", PoorFitWarning, stacklevel=3
             )
         return bgmm
+
+    def _poor_fit_text(self):
+        f = self.fit_figures_
+        return (
+            f"the mixture fits the sample poorly ({f['gain_vs_gaussian']:+.3f} nats/row against "
+            f"one Gaussian, still rising by about {f['still_rising']:.3f} nats/row); encoding "
+            "stays lossless, but the components may describe the data less well (try a higher "
+            "max_iter)"
+        )
 
     def fit_warnings(self):
         """What the user should know about this fit, in sentences (the pipeline logs them)."""
         found = []
-        if not self.converged_:
-            found.append(
-                f"the mixture did not converge in {self.max_iter} iterations; encoding stays "
-                "lossless, but the components may fit the data less well (try --max-iter)"
-            )
+        if (getattr(self, "fit_figures_", None) or {}).get("poor"):
+            found.append(self._poor_fit_text().replace("max_iter", "--max-iter"))
         if self.learn_rounding and self.rounding_digits_ is None:
             found.append(
                 f"learned no rounding: the sample holds values with more than "
@@ -430,6 +429,7 @@ class ScaleVGM:
                 "value_dtype": self.value_dtype_,
                 "value_range": [float(v) for v in self.value_range_],
                 "converged": bool(self.converged_),
+                "fit": self.fit_figures_,
                 "sample_size": int(self.sample_size_),
             },
         }
@@ -453,6 +453,7 @@ class ScaleVGM:
         model.value_dtype_ = fitted.get("value_dtype", "float64")  # format version 1 has none
         model.value_range_ = tuple(fitted["value_range"])
         model.converged_ = fitted["converged"]
+        model.fit_figures_ = fitted.get("fit")  # format version 1 has none
         model.sample_size_ = fitted["sample_size"]
         model._sklearn_state = fitted["sklearn"]
         model._build_kernel_params()

@@ -128,8 +128,9 @@ def validate_scalevgm(data, source):
 
     fitted = data.get("fitted")
     require(isinstance(fitted, dict), source, "fitted must be an object")
-    keys = _FITTED_KEYS | ({"value_dtype"} if data["version"] >= 2 else set())
+    keys = _FITTED_KEYS | ({"value_dtype", "fit"} if data["version"] >= 2 else set())
     _keys(fitted, keys, source, "fitted")
+    _check_fit_figures(fitted.get("fit"), source)
     require(
         fitted.get("value_dtype", "float64") in ("float64", "float32"),
         source,
@@ -236,3 +237,19 @@ def _check_logits_match(sk, comps, n_mixture, source):
     ok = np.allclose(c, stored_c, rtol=1e-9, atol=1e-9) and np.allclose(half_p, stored_h, rtol=1e-9)
     ok = ok and np.allclose(np.array(sk["means_"]), np.array(comps["mean"][:n_mixture]), rtol=1e-12)
     require(ok, source, "component constants do not match the scikit-learn parameters")
+
+
+_FIGURES = {"iterations": int, "converged": bool, "gain_vs_gaussian": float, "still_rising": float}
+
+
+def _check_fit_figures(figures, source):
+    """``fitted.fit``: null (no mixture) or the fit's figures (mixture.fit_figures)."""
+    if figures is None:
+        return
+    require(isinstance(figures, dict), source, "fitted.fit must be an object or null")
+    _keys(figures, {*_FIGURES, "poor"}, source, "fitted.fit")
+    for key, kind in _FIGURES.items():
+        value = figures[key]
+        ok = isinstance(value, bool) if kind is bool else _is_number(value)
+        require(ok, source, f"fitted.fit.{key} must be a {kind.__name__}")
+    require(isinstance(figures["poor"], bool), source, "fitted.fit.poor must be a boolean")

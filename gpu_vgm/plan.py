@@ -13,6 +13,7 @@ from gpu_vgm.errors import InputError
 from gpu_vgm.modelfile import load_models
 
 log = logging.getLogger("gpu_vgm")
+CPU_PARTITION = "2M"  # rows per part: a few hundred MB in flight per worker thread
 
 # Fit options and their defaults; None in EncodeOptions means "not given" (so that --model-in
 # can refuse the ones that would have no effect).
@@ -48,7 +49,7 @@ class EncodeOptions:
     learn_rounding: bool | None = None
     model_in: str | None = None
     model_out: str | None = None
-    partition_size: str = "2M"
+    partition_size: str | None = None  # None: 2M rows on the CPU, device memory / 32 on a GPU
     overwrite: bool = False
     resume: bool = False  # adopt the finished parts of a killed run of the same job
 
@@ -69,6 +70,16 @@ class EncodePlan:
     columns: list
     units: list
     models_in: dict | None = None  # the --model-in models, checked
+
+    def for_backend(self, backend):
+        """Re-plan the parts for the GPU when the user gave no --partition-size: a part then
+        holds 1/32 of the smallest GPU's memory (as dask-cudf's default blocksize), not 2M
+        rows, so each kernel launch and cudf read has enough rows to fill the device."""
+        if backend == "gpu" and self.opts.partition_size is None:
+            size = ("bytes", gpu_partition_bytes())
+            self.units = inputs.plan_units(self.files, size)
+            log.info("GPU parts of up to %d MiB of input", size[1] >> 20)
+        return self
 
     @property
     def parts(self):
@@ -105,7 +116,7 @@ def plan_encode(opts):
     columns = inputs.select_columns(files, opts.columns)
     for f in files:
         schema.check_no_clash(f.schema, columns, f.path)
-    units = inputs.plan_units(files, inputs.parse_size(opts.partition_size))
+    units = inputs.plan_units(files, inputs.parse_size(opts.partition_size or CPU_PARTITION))
     check_apart_from_input(opts, fs, files)
     plan = EncodePlan(opts, fs, files, columns, units)
     if opts.model_in:
@@ -150,3 +161,26 @@ def load_for_encode(opts, columns, path=None):
             m._build_kernel_params()  # the sample-mode key depends on the seed
         chosen[c] = m
     return chosen
+
+
+def gpu_partition_bytes():
+    """1/32 of the smallest visible GPU's memory (nvidia-smi: touching CUDA here would make a
+    context in this process before the cluster starts); 1 GiB when it cannot tell."""
+    import os
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        sizes = [int(v) for v in out.stdout.split()]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        sizes = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible and sizes:
+        chosen = [int(i) for i in visible.split(",") if i.strip().isdigit() and int(i) < len(sizes)]
+        sizes = [sizes[i] for i in chosen] or sizes
+    return (min(sizes) << 20) // 32 if sizes else 1 << 30

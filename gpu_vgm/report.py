@@ -30,7 +30,7 @@ log = logging.getLogger("gpu_vgm")
 HIST_SAMPLE = 2_000_000  # rows kept for the histogram (a uniform-stride subset)
 
 
-FIRST_ID = schema.NULL_COMPONENT  # the lowest component id: usage[i] counts id FIRST_ID + i
+FIRST_ID = schema.NEG_ZERO_COMPONENT  # the lowest component id: usage[i] counts id FIRST_ID + i
 
 
 def _describe_accumulators(columns):
@@ -174,7 +174,7 @@ def plot_column(column, model, values, usage, path):
     ax1.legend()
     ids = np.arange(FIRST_ID, FIRST_ID + usage.size)
     ax2.bar(ids, usage, color="#47a")
-    ax2.set_title(f"{column}: rows per component (-1 = NaN, -2 = null)")
+    ax2.set_title(f"{column}: rows per component (-1 = NaN, -2 = null, -3 = -0.0)")
     ax2.set_xlabel("component id")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

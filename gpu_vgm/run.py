@@ -138,8 +138,10 @@ def build_parser():
     )
     p.add_argument(
         "--partition-size",
-        default="2M",
-        help="rows (4M) or bytes (256MiB) per task and output part (e.g. 2M)",
+        default=None,
+        help="rows (4M) or input bytes (256MiB) per output part: small files are grouped, "
+        "larger row groups read in slices (default 2M rows on the CPU, 1/32 of the GPU's "
+        "memory on a GPU; e.g. --partition-size 4M)",
     )
     p.add_argument(
         "--overwrite",
@@ -191,6 +193,7 @@ def _run(args):
     backend = (
         "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
     )
+    plan.for_backend(backend)
     fitting = not (opts.model_in or opts.resume)
     # Fits run here, on this machine's cores: they start at once, while the cluster starts and
     # its workers load the encode kernel; a joined cluster's workers fit columns too.

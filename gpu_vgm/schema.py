@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpu_vgm import inputs
+from gpu_vgm import inputs, params
 from gpu_vgm.errors import InputError
 
 COMPONENT_TYPE = pa.int16()
+NEG_ZERO_COMPONENT = params.NEG_ZERO_COMPONENT  # the kernels' id of -0.0 (no special value 0)
 # The kernels give NaN component -1; a null input gets its own id so that inverse restores a
 # null, not a NaN (Spark and SQL tell them apart).
 NULL_COMPONENT = -2

@@ -12,14 +12,14 @@ import numpy as np
 import pyarrow as pa
 
 from gpu_vgm import partition, readers, schema, storage
-from gpu_vgm.errors import InputError, VGMError
+from gpu_vgm.errors import InputError, PoorFitWarning, VGMError
 from gpu_vgm.params import check_magnitude
 
-# ScaleVGM.fit's non-convergence warning, given on behalf of fit_column, would show up in the
-# user's terminal as a worker's source line; the client logs it instead. Set once here, for
-# this module only: a warnings.catch_warnings per fit is not safe when the fits of several
-# columns run in threads of one worker process.
-warnings.filterwarnings("ignore", message=".*did not converge", module=re.escape(__name__))
+# ScaleVGM.fit's poor-fit warning, given on behalf of fit_column, would show up in the user's
+# terminal as a worker's source line; the client logs it instead (fitting.log_fit). Set once
+# here, for this module only: a warnings.catch_warnings per fit is not safe when the fits of
+# several columns run in threads of one worker process.
+warnings.filterwarnings("ignore", category=PoorFitWarning, module=re.escape(__name__))
 
 
 def hold(value):

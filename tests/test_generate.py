@@ -210,9 +210,17 @@ def test_bad_numbers(tmp_path, capsys, argv, flag):
     assert os.listdir(tmp_path) == []
 
 
-def test_missing_parent(tmp_path, capsys):
-    assert run(*SMALL, "--output", tmp_path / "no" / "gen") == 2
-    assert str(tmp_path / "no") in one_line_error(capsys)
+def test_missing_parents_are_created(tmp_path):
+    """The README's own line (--output data/scaled_data_1b/) failed where data/ did not exist;
+    missing folders are created, as Dask's and Spark's writers do."""
+    assert run(*SMALL, "--output", tmp_path / "no" / "such" / "gen") == 0
+    assert pq.read_table(tmp_path / "no" / "such" / "gen").num_rows > 0
+
+
+def test_a_parent_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert run(*SMALL, "--output", tmp_path / "file" / "gen") == 2
+    assert str(tmp_path / "file") in one_line_error(capsys)
 
 
 def test_unwritable_parent(tmp_path, capsys, monkeypatch):

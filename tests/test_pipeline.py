@@ -408,15 +408,40 @@ def test_any_input_layout_gives_the_same_values_in_sized_parts(tmp_path, mode):
 
 def test_partitions_by_bytes_slice_and_group_too(tmp_path):
     g = np.random.default_rng(13)
-    table = pa.table({"a": np.rint(g.lognormal(3, 1, 40_000) * 100) / 100})
+    table = pa.table({"a": g.lognormal(3, 1, 40_000)})  # 320 kB plain: no dictionary helps
     _write_layout(table, tmp_path / "in", 1, 40_000)
     argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "-q"]
     assert run.main([*argv, "--partition-size", "100KiB", "--workers", "1"]) == 0
     parts = json.loads((tmp_path / "out" / "_manifest.json").read_text())["parts"]
-    assert len(parts) == 4  # 320 kB of doubles in slices of at most 100 KiB
+    assert len(parts) == 4  # about 400 kB of pages in slices of at most 100 KiB
     assert inverse.main(["--input", str(tmp_path / "out"), "--output", str(tmp_path / "b")]) == 0
     assert not any(
         compare(tmp_path / "in", tmp_path / "b", tmp_path / "out/_model.json")[
             "mismatches"
         ].values()
     )
+
+
+def test_fits_spread_over_this_process_and_the_cluster_give_the_same_models(tmp_path):
+    """Columns are taken from one queue by run's own fit threads and by the cluster's worker
+    threads (a joined cluster): the models equal those fitted in threads alone."""
+    from gpu_vgm import modelfile
+    from gpu_vgm.cluster import dask_client
+
+    g = np.random.default_rng(14)
+    table = pa.table({f"c{j}": np.rint(g.lognormal(3, 1, 20_000) * 100) / 100 for j in range(8)})
+    pq.write_table(table, tmp_path / "wide.parquet")
+
+    def opts(name):
+        return EncodeOptions(
+            input=str(tmp_path / "wide.parquet"), output=str(tmp_path / name), sample_size=5_000
+        )
+
+    with dask_client("cpu", workers=2) as client:
+        encode_job(client, opts("spread"), fit_threads=1, fit_on_cluster=True)
+        assert "fit_column" in client.run_on_scheduler(_task_prefixes)
+        encode_job(client, opts("threads"), fit_threads=2)
+    spread = modelfile.load_models(tmp_path / "spread" / "_model.json")
+    here = modelfile.load_models(tmp_path / "threads" / "_model.json")
+    for c in table.column_names:
+        assert spread[c].to_dict() == here[c].to_dict()

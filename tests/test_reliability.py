@@ -286,8 +286,9 @@ def test_external_scheduler_and_workers_give_the_local_output(data, tmp_path):
                 ]
             )
             assert rc == 0
-            # the external scheduler did the work (a local cluster would also have 2 workers)
-            assert {"fit_column", "encode_unit"} <= client.run_on_scheduler(_task_prefixes)
+            # the external scheduler did the work (a local cluster would also have 2 workers);
+            # the one column's fit may have run in run's own thread, which takes columns too
+            assert "encode_unit" in client.run_on_scheduler(_task_prefixes)
     finally:
         for p in procs:
             p.terminate()

@@ -255,3 +255,21 @@ def test_compare_nested_and_other_types_by_exact_equality(tmp_path, capsys):
     assert json.dumps(compare.compare(d, e)["mismatches"]) == json.dumps(
         {"l": 1, "s": 1, "m": 0, "ld": 2, "n": 0, "t": 0}
     )
+
+
+def test_report_plots_columns_whose_names_are_no_file_names(tmp_path, capsys):
+    """A column named "a/b", or 5000 characters long, made the report fail naming the output
+    folder; its plot now gets a cleaned name with a hash, listed in report.json."""
+    g = np.random.default_rng(9)
+    long = "x" * 5000
+    x = {"a/b": np.rint(g.lognormal(3, 1, 3000) * 100) / 100, long: g.normal(size=3000)}
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table(x), tmp_path / "in" / "p.parquet")
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "enc"), "--quiet"]
+    assert run.main([*argv, "--backend", "cpu", "--workers", "1", "--sample-size", "2000"]) == 0
+    assert report_main(tmp_path / "enc", "--output", tmp_path / "rep") == 0
+    plots = json.loads((tmp_path / "rep" / "report.json").read_text())["plots"]
+    assert set(plots) == {"a/b", long}
+    for name in plots.values():
+        assert (tmp_path / "rep" / name).is_file() and len(name) < 120 and "/" not in name
+    capsys.readouterr()
