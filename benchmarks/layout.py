@@ -36,12 +36,14 @@ sys.path.insert(0, str(ROOT))
 from gpu_vgm.compare import compare  # noqa: E402
 
 # Runs gpu_vgm.run in a child and prints that process's own peak RSS (workers are counted by
-# the manifest): resource's RUSAGE_CHILDREN would mix in the worker processes.
+# the manifest). VmHWM, not getrusage: Linux keeps ru_maxrss across exec, so a child would
+# report this benchmark's own peak.
 _RUN = """
-import resource, sys
+import sys
 from gpu_vgm import run
 code = run.main(sys.argv[1:])
-print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print("PEAK_RSS_MB", int(hwm) / 1024, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -81,7 +83,8 @@ def write_layout(table, root, files, row_group):
 def encode(inp, out, model, workers, partition_size):
     argv = [sys.executable, "-c", _RUN, "--input", str(inp), "--output", str(out)]
     argv += ["--backend", "cpu", "--workers", str(workers), "--model-in", str(model), "--quiet"]
-    argv += ["--partition-size", partition_size]
+    if partition_size:
+        argv += ["--partition-size", partition_size]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -159,7 +162,7 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=20_000_000)
     parser.add_argument("--wide-rows", type=int, default=10_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--partition-size", default="2M")
+    parser.add_argument("--partition-size", default=None, help="default: run's own default")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="keeps the generated inputs for reruns")
     parser.add_argument("--json", help="also write the results here")

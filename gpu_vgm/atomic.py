@@ -94,7 +94,8 @@ def check_output(path, overwrite: bool = False) -> Path:
 def atomic_directory(path, overwrite: bool = False, reuse=None):
     """Yield a temporary sibling directory that replaces ``path`` when the block succeeds.
 
-    ``reuse`` adopts an existing temporary directory (left by a killed run) instead.
+    ``reuse`` adopts an existing temporary directory (left by a killed run) instead; it is
+    kept if the block fails, with the parts written so far.
     """
     path = check_output(path, overwrite)
     make_parents(path)
@@ -107,7 +108,8 @@ def atomic_directory(path, overwrite: bool = False, reuse=None):
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        if not reuse:  # an adopted leftover keeps its finished parts for another --resume
+            _remove(tmp)
         raise
     try:
         if path.exists() or path.is_symlink():

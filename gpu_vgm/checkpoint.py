@@ -35,8 +35,10 @@ _FIT_OPTIONS = (
 )
 
 
-def fingerprint(opts, files, columns, units):
+def fingerprint(opts, files, columns, units, backend="cpu"):
     """Everything an encode's output depends on, as JSON-able data."""
+    from gpu_vgm import __version__
+
     model_hash = None
     if opts.model_in:
         model_hash = hashlib.sha256(storage.read_bytes(opts.model_in)).hexdigest()
@@ -54,6 +56,8 @@ def fingerprint(opts, files, columns, units):
         "options": {k: getattr(opts, k) for k in _FIT_OPTIONS}
         | {"special_values": list(opts.special_values or ())},
         "model_in": model_hash,
+        "gpu_vgm": __version__,
+        "backend": backend,
     }
 
 
@@ -103,7 +107,13 @@ def _read(path):
             break  # the line being written when the run was killed
     if not records or not isinstance(records[0], dict) or records[0].get("format") != FORMAT:
         return None, {}
-    done = {r["index"]: r for r in records[1:] if isinstance(r, dict) and "index" in r}
+    done = {
+        r["index"]: r
+        for r in records[1:]
+        if isinstance(r, dict)
+        and isinstance(r.get("index"), int)
+        and isinstance(r.get("file"), str)
+    }
     return records[0], done
 
 

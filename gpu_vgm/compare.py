@@ -106,7 +106,9 @@ def compare(a_url, b_url, model_path=None):
                 if c in scales:  # finite, so that NaN or inf against a number is a mismatch
                     finite = np.where(np.isfinite(xa), np.abs(xa), 0.0)
                     tol = 4 * np.spacing(np.maximum(finite, scales[c]))
-                    bad = int(np.count_nonzero(err > tol))
+                    # -0.0 comes back as -0.0 in every setting: a zero's sign is no rounding
+                    flipped = (xa == 0) & (ya == 0) & (np.signbit(xa) != np.signbit(ya))
+                    bad = int(np.count_nonzero((err > tol) | flipped))
                 else:
                     bad = int(np.count_nonzero(~same))
                 if err.size:

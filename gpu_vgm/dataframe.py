@@ -127,7 +127,8 @@ class VGMEncoder(BaseEstimator):
         if not _is_dask(X):
             return _decode_partition(X, models)
         meta = X._meta.drop(columns=_derived_names(models))
-        return X.map_partitions(_decode_partition, models, meta=meta)
+        absent = {c: np.zeros(0) for c in models if c not in meta.columns}  # float64
+        return X.map_partitions(_decode_partition, models, meta=meta.assign(**absent))
 
     def _models_for(self, X, derived=False):
         if not hasattr(self, "models_"):
@@ -146,6 +147,10 @@ class VGMEncoder(BaseEstimator):
             raise InputError(
                 f"column {missing[0]!r} not found in the DataFrame (has {shorten(X.columns)})"
             )
+        if not derived:  # as run: never overwrite a column of the user's
+            taken = [n for n in _derived_names(wanted) if n in X.columns]
+            if taken:
+                raise InputError(f"column {taken[0]!r} already exists; rename it first")
         return {c: self.models_[c] for c in wanted}
 
     def get_feature_names_out(self, input_features=None):
@@ -352,7 +357,8 @@ def _decode_partition(frame, models):
         z = frame[schema.normalized_name(c)].to_numpy()
         comp, nulls = schema.split_nulls(frame[schema.component_name(c)].to_numpy())
         values = model.inverse_transform(z, comp)
-        restored[c] = pd.Series(_as_dtype(values, nulls, frame[c].dtype), index=frame.index)
+        dtype = frame[c].dtype if c in frame.columns else np.dtype(np.float64)
+        restored[c] = pd.Series(_as_dtype(values, nulls, dtype), index=frame.index)
     return frame.drop(columns=_derived_names(models)).assign(**restored)
 
 

@@ -55,7 +55,7 @@ def encode_job(
         len(parts),
         ", ".join(plan.columns),
     )
-    fp = checkpoint.fingerprint(opts, plan.files, plan.columns, plan.units)
+    fp = checkpoint.fingerprint(opts, plan.files, plan.columns, plan.units, backend.name)
     local = not storage.is_remote(opts.output)  # checkpoints and --resume: local output only
     leftovers = checkpoint.unfinished_runs(opts.output, fp) if local else []
     adopted, done = leftovers[0] if opts.resume and leftovers else (None, {})
@@ -70,7 +70,9 @@ def encode_job(
         # which loads the CPU kernel anyway; a GPU worker does not, so there the fit proves it.
         # A --model-in is the user's: encoding counts what it leaves out of coverage.
         prove_on_worker = backend.name == "cpu" and not opts.model_in
+        ckpt = None
         if adopted:  # the killed run's model: its parts were encoded with exactly that one
+            ckpt = checkpoint.Checkpoint(tmp, fp, done)  # claimed at once: our pid and token
             models = load_for_encode(opts, plan.columns, storage.join(tmp, MODEL))
             log.info("resuming %s: %d of %d parts already written", tmp, len(done), len(parts))
         elif plan.models_in:
@@ -83,7 +85,8 @@ def encode_job(
         client = connect()
         save_models(storage.join(tmp, MODEL), list(models.values()))
         t_fit = time.perf_counter()
-        ckpt = checkpoint.Checkpoint(tmp, fp, done) if local else None
+        if local and ckpt is None:
+            ckpt = checkpoint.Checkpoint(tmp, fp, done)
         # a unit is redone whole unless every part of it was written
         todo = [u for u in plan.units if not all(p.index in done for p in u.parts)]
         hold = tasks.hold_checked if prove_on_worker else tasks.hold

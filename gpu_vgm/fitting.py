@@ -87,6 +87,7 @@ def fit_columns(models, samples, ranges, threads=1, connect=None, check_coverage
     idles while columns remain (a wide table on a joined cluster uses both)."""
     queue = collections.deque(models)
     fitted = {}
+    threads = threads if threads or connect else 1  # something must fit
     lock = threading.Lock()
 
     def take():

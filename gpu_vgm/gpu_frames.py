@@ -21,8 +21,7 @@ _PLAIN_TYPES = (
     pa.types.is_float32,
     pa.types.is_float64,
     pa.types.is_boolean,
-    pa.types.is_string,
-    pa.types.is_large_string,
+    pa.types.is_string,  # (not large_string: cudf stores no Arrow schema, it reads back as string)
 )
 _CHUNK_BYTES = 1 << 30  # output size of each chunk read from a row group larger than a part
 _PASS_BYTES = 4 << 30  # cudf's hint for the compressed and decompressed data of one pass
@@ -42,7 +41,14 @@ def read_unit(fs, unit, target_schema):
         part = unit.parts[0]
         yield part, _read_part(part)
         return
-    yield from _stream_slices(unit)
+    try:
+        yield from _stream_slices(unit)
+    except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+        segment = unit.parts[0].segments[0]
+        raise InputError(
+            f"{segment.path}: cannot read row group {segment.row_group} on the GPU "
+            f"({first_line(exc)})"
+        ) from None
 
 
 def _read_part(part):
@@ -108,7 +114,7 @@ def column(frame, name, source):
     kind = series.dtype.kind
     if kind not in "fiu":
         raise InputError(f"{source}: column {name!r} is {series.dtype}, expected numbers")
-    if kind in "iu" and len(series) and int(series.abs().max()) > 2**53:
+    if kind in "iu" and series.null_count < len(series) and int(series.abs().max()) > 2**53:
         raise InputError(
             f"{source}: column {name!r} holds integers beyond 2^53, which float64 cannot hold; "
             "such integers cannot be encoded exactly"
@@ -120,7 +126,9 @@ def column(frame, name, source):
 
 def attach(frame, name, z, component):
     """Append the two columns without a null mask (cudf's ``df[c] = arr`` would make NaN null
-    and the column nullable; the CPU parts' derived columns are not nullable)."""
+    and the column nullable; the CPU parts' derived columns are not nullable). A shallow copy
+    first: a Dask partition may be the caller's own DataFrame."""
+    frame = frame.copy(deep=False)
     frame.insert(len(frame.columns), schema.normalized_name(name), z, nan_as_null=False)
     frame.insert(len(frame.columns), schema.component_name(name), component, nan_as_null=False)
     return frame
@@ -137,3 +145,26 @@ def write(frame, path, plain_columns=()):
         row_group_size_rows=max(len(frame), 1),
         column_encoding={c: "PLAIN" for c in plain_columns},
     )
+
+
+def decode_frame(frame, models):
+    """``VGMEncoder.inverse_transform`` on a cudf partition: each column decoded on the device
+    into its own dtype (nulls where the encoding marked them), the derived columns dropped."""
+    derived = [n for c in models for n in (schema.normalized_name(c), schema.component_name(c))]
+    restored = {}
+    for column, model in models.items():
+        z = frame[schema.normalized_name(column)].to_cupy()
+        comp = frame[schema.component_name(column)].to_cupy()
+        nulls = comp == schema.NULL_COMPONENT
+        values = model.inverse_transform(z, cupy.where(nulls, -1, comp).astype(cupy.int16))
+        dtype = frame[column].dtype if column in frame.columns else np.dtype(np.float64)
+        if dtype.kind in "iu":
+            values = cupy.rint(cupy.where(cupy.isnan(values), 0, values))
+        series = cudf.Series(values.astype(dtype), index=frame.index, nan_as_null=False)
+        if bool(nulls.any()):
+            series = series.mask(cudf.Series(nulls, index=frame.index))
+        restored[column] = series
+    frame = frame.drop(columns=derived)
+    for column, series in restored.items():
+        frame[column] = series  # a Series keeps its own column: NaN stays NaN
+    return frame

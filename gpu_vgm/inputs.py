@@ -31,7 +31,7 @@ class InputFile:
     row_offset: int
     num_rows: int
     row_group_rows: tuple  # rows per row group
-    row_group_bytes: tuple  # uncompressed bytes per row group
+    row_group_bytes: tuple  # bytes per row group once read into memory (memory_bytes)
     schema: pa.Schema = field(compare=False)
     # what --resume compares to know the file is unchanged: a rewrite with the same rows and
     # row groups but other values changes the footer (statistics, offsets) or the size or time
@@ -92,6 +92,12 @@ def list_parquet_files(url):
     fs.invalidate_cache()  # object stores: another process may have written it meanwhile
     if any(ch in path for ch in "*?["):
         found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        # folders the glob reaches into (a reader of the same glob makes columns of them)
+        fixed = path.split("/")
+        fixed = "/".join(
+            fixed[: next(i for i, p in enumerate(fixed) if any(c in p for c in "*?["))]
+        )
+        _refuse_hive_folders(url, fixed, found)
     elif fs.isdir(path):
         found = sorted(
             p
@@ -140,7 +146,7 @@ def read_metadata(fs, paths):
     offset = 0
     for path, (meta, size, modified, digest) in zip(paths, footers, strict=True):
         rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-        rg_bytes = tuple(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        rg_bytes = tuple(memory_bytes(meta, i) for i in range(meta.num_row_groups))
         schema = meta.schema.to_arrow_schema()
         files.append(
             InputFile(
@@ -149,6 +155,29 @@ def read_metadata(fs, paths):
         )
         offset += meta.num_rows
     return files
+
+
+# Bytes per value of Parquet's fixed-width physical types once read (Arrow), where the file's
+# own sizes count the encoded pages: a dictionary-encoded float column of cents takes 2-3
+# bytes a value on disk and 8 in memory.
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 8, "FLOAT": 4, "DOUBLE": 8}
+
+
+def memory_bytes(meta, row_group):
+    """About the bytes a row group takes once read (what --partition-size in bytes counts):
+    rows times the width of fixed-width columns, the uncompressed pages of the others."""
+    group = meta.row_group(row_group)
+    total = 0
+    for i in range(group.num_columns):
+        chunk = group.column(i)
+        kind = chunk.physical_type
+        if kind in _WIDTH:
+            total += group.num_rows * _WIDTH[kind]
+        elif kind == "FIXED_LEN_BYTE_ARRAY":  # decimals: 16 bytes in Arrow
+            total += group.num_rows * max(meta.schema.column(i).length, 16)
+        else:
+            total += chunk.total_uncompressed_size
+    return total
 
 
 def _read_footer(fs, path):
@@ -292,12 +321,13 @@ def parse_size(text):
 
 
 def plan_units(files, size):
-    """Split the input into output parts of about ``size`` (rows, or uncompressed bytes), in
-    input order: consecutive row groups and files are grouped up to the size; a row group
-    larger than it is cut into equal slices, which one task reads in one stream (Unit)."""
-    kind, limit = size
+    """Split the input into output parts of about ``size`` in input order: consecutive row
+    groups and files are grouped up to the size; a row group larger than it is cut into
+    equal slices, which one task reads in one stream (Unit). ``size`` is ("rows", n) or
+    ("bytes", n) of uncompressed input, or a list of both (a part keeps within each)."""
+    limits = dict(size if isinstance(size, list) else [size])
     units, pending = [], []  # pending: segments of the part being grouped
-    state = {"offset": 0, "index": 0, "weight": 0}
+    state = {"offset": 0, "index": 0, "rows": 0, "bytes": 0}
 
     def add_part(segments):
         rows = sum(s.rows for s in segments)
@@ -310,16 +340,16 @@ def plan_units(files, size):
         if pending:
             units.append(Unit((add_part(pending),)))
             pending.clear()
-            state["weight"] = 0
+            state["rows"] = state["bytes"] = 0
 
     for f in files:
         for rg, (n, nbytes) in enumerate(zip(f.row_group_rows, f.row_group_bytes, strict=True)):
             if n == 0:
                 continue
-            weight = n if kind == "rows" else max(nbytes, 1)
-            if weight > limit:
+            weight = {"rows": n, "bytes": max(nbytes, 1)}
+            slices = min(n, max(-(-weight[k] // limit) for k, limit in limits.items()))
+            if slices > 1:
                 flush()
-                slices = -(-weight // limit)
                 bounds = [n * i // slices for i in range(slices + 1)]
                 units.append(
                     Unit(
@@ -330,10 +360,11 @@ def plan_units(files, size):
                     )
                 )
                 continue
-            if pending and state["weight"] + weight > limit:
+            if pending and any(state[k] + weight[k] > limit for k, limit in limits.items()):
                 flush()
             pending.append(Segment(f.path, rg, 0, n))
-            state["weight"] += weight
+            state["rows"] += weight["rows"]
+            state["bytes"] += weight["bytes"]
     flush()
     return units
 

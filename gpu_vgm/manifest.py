@@ -135,7 +135,9 @@ def read_manifest(directory):
             and isinstance(part.get("file"), str)
             and PART_FILE.fullmatch(part["file"])
             and count(part.get("rows"))
-            and isinstance(part.get("footer_sha256", ""), str),
+            and isinstance(part.get("footer_sha256", ""), str)
+            # version 2 always records them: a crafted entry without one skips no check
+            and (version < 2 or isinstance(part.get("footer_sha256"), str)),
             f"bad part entry {str(part)[:80]}",
         )
     require(isinstance(data.get("model_sha256", ""), str), "model_sha256 must be a string")

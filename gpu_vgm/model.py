@@ -394,7 +394,9 @@ class ScaleVGM:
                 f"column {self.column!r}: {n_invalid} component ids are outside "
                 f"-3..{self.kernel_params_.n_ids - 1}"
             )
-        return self._as_value_dtype(x)
+        # A learned rounding holds in the column's precision (every row was checked at encode);
+        # without one, float64 values come back and restore() casts to the column's type.
+        return self._as_value_dtype(x) if self.rounding_digits_ is not None else x
 
     def predict_logits(self, x):
         """Per-component logits (n, n_mixture) as the kernels compute them (for checks)."""
@@ -554,7 +556,9 @@ def _synthetic_for_gaps(means, stds, lo, hi):
     for a, b in coverage_gaps(means, stds, lo, hi):
         center = 0.5 * (a + b)
         half = 0.5 * (b - a)
-        margin = max(half * 1e-6, (abs(a) + abs(b)) * 1e-12, 1e-12)
+        # relative to the gap and its place (an absolute floor would make the model depend on
+        # the units), but at least 1e-140, so that the component's precision stays finite
+        margin = max(half * 1e-6, (abs(a) + abs(b)) * 1e-12, mixture.MIN_SCALE)
         syn_means.append(center)
         syn_stds.append((half + margin) / (4.0 * RADIUS_FACTOR * _COVER_SHRINK))
     return syn_means, syn_stds

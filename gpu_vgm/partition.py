@@ -72,16 +72,17 @@ def encode_unit(backend, fs, unit, models, types, target_schema, out_dir):
     """Encode and write every part of a unit; returns their results in order.
 
     A unit of one part runs in this thread. The slices of a large row group are read in one
-    stream here while other threads encode and write the slices already read (at most one per
-    worker thread in flight), so one row group keeps every core busy in bounded memory.
+    stream here while other threads encode and write the slices already read, as many as the
+    worker has idle threads (at most one slice in flight each): one row group keeps every
+    core busy, and memory stays a few slices per worker whatever the layout.
     """
     stream = _timed(backend.read_unit(fs, unit, target_schema))
-    if len(unit.parts) == 1:
+    threads = _idle_threads()
+    if len(unit.parts) == 1 or threads == 1:
         return [
             _encode_part(backend, part, frame, t_read, models, types, out_dir)
             for part, frame, t_read in stream
         ]
-    threads = _worker_threads()
     results, inflight = [], collections.deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="gpu_vgm-slice") as pool:
         try:
@@ -107,13 +108,15 @@ def _timed(stream):
         t0 = time.perf_counter()
 
 
-def _worker_threads():
-    """Threads of the Dask worker running this task (the cores it was given), at most 4."""
+def _idle_threads():
+    """This task's thread and the Dask worker's idle ones (at most 4): when other tasks keep
+    the worker busy, a unit's slices are encoded one after another in its own thread."""
     try:
         from distributed import get_worker
 
-        return max(1, min(4, get_worker().state.nthreads))
-    except (ImportError, ValueError):
+        state = get_worker().state
+        return max(1, min(4, state.nthreads - state.executing_count + 1))
+    except (ImportError, ValueError):  # not in a Dask task
         return max(1, min(4, os.cpu_count() or 1))
 
 

@@ -13,7 +13,10 @@ from gpu_vgm.errors import InputError
 from gpu_vgm.modelfile import load_models
 
 log = logging.getLogger("gpu_vgm")
-CPU_PARTITION = "2M"  # rows per part: a few hundred MB in flight per worker thread
+# Parts of 2M rows, and of at most 48 MiB of input in memory: with the encoded columns and the
+# writer's buffers a few hundred MB per worker thread, and a wide table still splits into
+# enough parts to keep every core busy.
+CPU_PARTITION = [("rows", 2_000_000), ("bytes", 48 << 20)]
 
 # Fit options and their defaults; None in EncodeOptions means "not given" (so that --model-in
 # can refuse the ones that would have no effect).
@@ -116,7 +119,8 @@ def plan_encode(opts):
     columns = inputs.select_columns(files, opts.columns)
     for f in files:
         schema.check_no_clash(f.schema, columns, f.path)
-    units = inputs.plan_units(files, inputs.parse_size(opts.partition_size or CPU_PARTITION))
+    size = inputs.parse_size(opts.partition_size) if opts.partition_size else CPU_PARTITION
+    units = inputs.plan_units(files, size)
     check_apart_from_input(opts, fs, files)
     plan = EncodePlan(opts, fs, files, columns, units)
     if opts.model_in:

@@ -90,12 +90,17 @@ def _stream_slices(fs, unit, target_schema, columns):
 def read_row_groups(fs, path, row_groups, columns=None):
     try:
         with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).read_row_groups(
-                list(row_groups), columns=columns, use_threads=False
-            )
+            # pyarrow's pre-buffering saves requests to object stores, and costs a third of
+            # the time of a small local file (2000 files of 10k rows)
+            reader = pq.ParquetFile(f, pre_buffer=_is_remote(fs))
+            return reader.read_row_groups(list(row_groups), columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         where = _first_unreadable(fs, path, row_groups, columns)
         raise InputError(f"{path}: cannot read {where} ({first_line(exc)})") from None
+
+
+def _is_remote(fs):
+    return "file" not in ([fs.protocol] if isinstance(fs.protocol, str) else fs.protocol)
 
 
 def _first_unreadable(fs, path, row_groups, columns):

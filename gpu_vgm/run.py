@@ -140,8 +140,8 @@ def build_parser():
         "--partition-size",
         default=None,
         help="rows (4M) or input bytes (256MiB) per output part: small files are grouped, "
-        "larger row groups read in slices (default 2M rows on the CPU, 1/32 of the GPU's "
-        "memory on a GPU; e.g. --partition-size 4M)",
+        "larger row groups read in slices (default on the CPU: 2M rows and at most 48MiB; "
+        "on a GPU: 1/32 of its memory; e.g. --partition-size 4M)",
     )
     p.add_argument(
         "--overwrite",

@@ -288,8 +288,10 @@ def test_inverse_refuses_another_model_and_damaged_outputs(encoded, tmp_path, ca
     assert decode(damaged, tmp_path / "b4") != 0
     assert "not the part the manifest lists" in one_line(capsys)  # its footer changed
     assert not (tmp_path / "b4").exists()
-    # without the footer's hash (a manifest from before it), the values themselves are checked
+    # without the footer's hash (a version-1 manifest), the values themselves are checked; a
+    # version-2 manifest without it is refused
     unchecked = json.loads((damaged / "_manifest.json").read_text())
+    unchecked["version"] = 1
     for entry in unchecked["parts"]:
         entry.pop("footer_sha256")
     (damaged / "_manifest.json").write_text(json.dumps(unchecked))
@@ -522,6 +524,8 @@ def test_hive_partition_folders_are_refused_not_dropped(tmp_path, capsys):
     assert pq.read_table(tmp_path / "in").column_names == ["A", "year"]
     assert encode(tmp_path / "in", tmp_path / "out") == 2
     assert "'year=2023' is a Hive partition folder" in one_line(capsys)
+    assert encode(f"{tmp_path}/in/*/*.parquet", tmp_path / "out") == 2  # a glob reaching in
+    assert "'year=2023' is a Hive partition folder" in one_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -604,3 +608,31 @@ def test_negative_zero_keeps_its_sign(tmp_path, options):
         from gpu_vgm.compare import compare
 
         assert not any(compare(inp, tmp_path / "back")["mismatches"].values())
+
+
+def test_a_float32_columns_model_on_a_float64_column_loses_nothing(tmp_path, capsys):
+    """A model fitted on a float32 column, given with --model-in to float64 data: decoding
+    stays within the contract (a cast to float32 at decode lost 19999 of 20000 rows)."""
+    g = np.random.default_rng(10)
+    x = g.lognormal(3, 1, 20_000)
+    write(tmp_path / "in32" / "a.parquet", pa.table({"x": x.astype(np.float32)}))
+    write(tmp_path / "in64" / "a.parquet", pa.table({"x": x}))
+    assert encode(tmp_path / "in32", tmp_path / "enc32") == 0
+    model = str(tmp_path / "enc32" / "_model.json")
+    assert encode(tmp_path / "in64", tmp_path / "enc64", "--model-in", model) == 0
+    assert decode(tmp_path / "enc64", tmp_path / "back") == 0
+    from gpu_vgm.compare import compare
+
+    result = compare(tmp_path / "in64", tmp_path / "back", model)
+    assert result["rows"] == x.size and not any(result["mismatches"].values()), result
+
+
+def test_a_byte_limit_below_one_row_still_gives_every_row(tmp_path):
+    x = np.random.default_rng(11).lognormal(3, 1, 50).round(2)
+    inp = write(tmp_path / "in" / "a.parquet", pa.table({"x": x}))
+    assert encode(inp, tmp_path / "enc", "--partition-size", "10B", "--learn-rounding") == 0
+    manifest = json.loads((tmp_path / "enc" / "_manifest.json").read_text())
+    rows = [p["rows"] for p in manifest["parts"]]
+    assert min(rows) >= 1 and sum(rows) == 50 and len(rows) > 10  # no empty part
+    assert decode(tmp_path / "enc", tmp_path / "back") == 0
+    assert np.array_equal(pq.read_table(tmp_path / "back").column("x").to_numpy(), x)

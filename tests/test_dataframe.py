@@ -177,3 +177,14 @@ def test_infinite_values_are_refused_at_fit(files):
     frame.iloc[5, frame.columns.get_loc("score")] = np.inf
     with pytest.raises(InputError, match="column 'score' holds 1 infinite values"):
         VGMEncoder(sample_size=2_000).fit(dd.from_pandas(frame, npartitions=3))
+
+
+def test_an_existing_derived_column_is_refused_and_inverse_needs_only_the_derived(files):
+    ddf = _read(files)
+    enc = VGMEncoder(columns=["score"], sample_size=2_000).fit(ddf)
+    with pytest.raises(InputError, match="column 'score_component' already exists"):
+        enc.transform(ddf.assign(score_component=1))
+    out = enc.transform(ddf).compute()
+    derived_only = out[["score_normalized", "score_component"]]
+    back = enc.inverse_transform(derived_only)  # generated data: no original column
+    assert np.array_equal(back["score"].to_numpy(), enc.inverse_transform(out)["score"].to_numpy())
