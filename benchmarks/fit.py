@@ -17,7 +17,6 @@ ceiling (gpu_vgm's read and write of the same output schema, no fit, no encoding
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pipeline import machine  # noqa: E402
 
 from gpu_vgm import ScaleVGM  # noqa: E402
 
@@ -243,18 +244,6 @@ def io_ceiling_job(inp, out, workers):
     with dask_client("cpu", workers=int(workers)) as client:
         encode_job(client, plan, backend=IOOnly())
     shutil.rmtree(out)
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def main(argv=None):

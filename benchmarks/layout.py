@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from pipeline import machine  # noqa: E402
 
 from gpu_vgm.compare import compare  # noqa: E402
 
@@ -46,18 +48,6 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 print("PEAK_RSS_MB", int(hwm) / 1024, file=sys.stderr)
 sys.exit(code)
 """
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def columns(rows, count, seed=0):

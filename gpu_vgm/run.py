@@ -190,9 +190,12 @@ def _run(args):
     t_start = time.perf_counter()
     opts = options_from_args(args)
     plan = plan_encode(opts)  # bad paths, columns, footers and models fail here, before a cluster
-    backend = (
-        "cpu" if args.scheduler_address and args.backend == "auto" else choose_backend(args.backend)
-    )
+    if args.scheduler_address:
+        # a joined cluster's workers (`dask cuda worker` for the GPU) need not match this
+        # machine: --backend gpu is taken as said, auto means the CPU backend
+        backend = "gpu" if args.backend == "gpu" else "cpu"
+    else:
+        backend = choose_backend(args.backend)
     plan.for_backend(backend)
     fitting = not (opts.model_in or opts.resume)
     # Fits run here, on this machine's cores: they start at once, while the cluster starts and
