@@ -73,8 +73,8 @@ class ArrowCPU:
         return array
 
 
-class ArrowGPU(ArrowCPU):
-    """The GPU backend where cudf is missing: host I/O, each column copied to the device."""
+class _OnDevice:
+    """The GPU backends' arrays: CuPy, the CuPy kernels, copies back to the host."""
 
     name = "gpu"
 
@@ -89,12 +89,6 @@ class ArrowGPU(ArrowCPU):
         from gpu_vgm import kernels
 
         return kernels
-
-    def column(self, frame, name, source):
-        import cupy
-
-        x, nulls = super().column(frame, name, source)
-        return cupy.asarray(x), None if nulls is None else cupy.asarray(nulls)
 
     def to_host(self, array):
         import cupy
@@ -102,23 +96,20 @@ class ArrowGPU(ArrowCPU):
         return cupy.asnumpy(array)
 
 
-class CudfGPU:
-    """cudf DataFrames on the device: read, convert, attach and write never leave it."""
+class ArrowGPU(_OnDevice, ArrowCPU):
+    """The GPU backend where cudf is missing: host I/O, each column copied to the device."""
 
-    name = "gpu"
-    io = "cudf"
-
-    @property
-    def xp(self):
+    def column(self, frame, name, source):
         import cupy
 
-        return cupy
+        x, nulls = super().column(frame, name, source)
+        return cupy.asarray(x), None if nulls is None else cupy.asarray(nulls)
 
-    @property
-    def kernels(self):
-        from gpu_vgm import kernels
 
-        return kernels
+class CudfGPU(_OnDevice):
+    """cudf DataFrames on the device: read, convert, attach and write never leave it."""
+
+    io = "cudf"
 
     def read_unit(self, fs, unit, target_schema):
         from gpu_vgm import gpu_frames
@@ -142,11 +133,6 @@ class CudfGPU:
         from gpu_vgm import gpu_frames
 
         gpu_frames.write(frame, path, plain_columns)
-
-    def to_host(self, array):
-        import cupy
-
-        return cupy.asnumpy(array)
 
 
 class PandasCPU(ArrowCPU):

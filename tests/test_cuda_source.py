@@ -154,22 +154,11 @@ class HostKernels:
 
 
 # ---------------------------------------------------------------------- data and models
-def heavy_tailed(n, rng):
-    """Amounts in cents: a lognormal body, a Pareto tail, 5% negatives, 10% exact zeros
-    (as tests/gpu/conftest.py)."""
-    body = rng.lognormal(3.0, 1.2, n)
-    tail = (rng.pareto(1.5, n) + 1.0) * 500.0
-    x = np.where(rng.random(n) < 0.9, body, tail)
-    x = np.where(rng.random(n) < 0.05, -x, x)
-    x = np.where(rng.random(n) < 0.1, 0.0, x)
-    return np.rint(x * 100.0) / 100.0
-
-
 @pytest.fixture(scope="session")
-def column():
+def column(make_heavy_tailed):
     """(x, fit sample, value range): N_ROWS values; the range's ends are not in the sample."""
     rng = np.random.default_rng(20261201)
-    x = heavy_tailed(N_ROWS, rng)
+    x = make_heavy_tailed(N_ROWS, rng)
     lo, hi = float(x.min()), float(x.max())
     pool = np.flatnonzero((x != lo) & (x != hi))
     return x, x[rng.choice(pool, 20_000, replace=False)], (lo, hi)

@@ -1,4 +1,5 @@
-"""Host-side fixtures for the GPU kernel tests: a heavy-tailed column, fitted models, extremes.
+"""Host-side fixtures for the GPU kernel tests: a heavy-tailed column (tests/conftest.py), fitted
+models, extremes.
 
 Nothing here touches CuPy, so collecting this directory on a machine without a GPU is cheap;
 the test modules skip themselves (with the reason) when CuPy or a CUDA device is missing.
@@ -25,30 +26,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
 
 
-def heavy_tailed(n, rng):
-    """Amounts in cents: a lognormal body, a Pareto tail, 5% negatives, 10% exact zeros."""
-    body = rng.lognormal(3.0, 1.2, n)
-    tail = (rng.pareto(1.5, n) + 1.0) * 500.0
-    x = np.where(rng.random(n) < 0.9, body, tail)
-    x = np.where(rng.random(n) < 0.05, -x, x)
-    x = np.where(rng.random(n) < 0.1, 0.0, x)
-    return np.rint(x * 100.0) / 100.0
-
-
 @pytest.fixture(scope="session")
-def make_heavy_tailed():
-    return heavy_tailed
-
-
-@pytest.fixture(scope="session")
-def column():
+def column(make_heavy_tailed):
     """(x, sample, value_range, n_inf): N_ROWS values with extremes; the fit sample and range.
 
     The range's maximum and minimum rows are left out of the sample; the extremes added after
     the fit (far outside the range, NaN, +-0, +-inf) are outside coverage or special.
     """
     rng = np.random.default_rng(20261126)
-    x = heavy_tailed(N_ROWS, rng)
+    x = make_heavy_tailed(N_ROWS, rng)
     lo, hi = float(x.min()), float(x.max())
     pool = np.flatnonzero((x != lo) & (x != hi))
     sample = x[rng.choice(pool, SAMPLE_ROWS, replace=False)]
