@@ -58,6 +58,21 @@ class IOOnly(ArrowCPU):
         return IOOnlyKernels
 
 
+def io_ceiling_command(inp, out, workers, model):
+    """The I/O ceiling of a whole job, timed as a user times ``run``: a fresh process that
+    starts the same cluster, plans, reads every part and writes the same output schema
+    (IOOnly), without sample, fit or encoding. ``model``: a model file of the input's columns
+    (it gives the output schema)."""
+    return [sys.executable, __file__, "--io-ceiling", str(inp), str(out), str(workers), str(model)]
+
+
+def io_ceiling_job(inp, out, workers, model):
+    plan = plan_encode(EncodeOptions(input=str(inp), output=str(out), model_in=str(model)))
+    with dask_client("cpu", workers=int(workers)) as client:
+        encode_job(client, plan, backend=IOOnly())
+    shutil.rmtree(out)
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -101,7 +116,10 @@ def run_benchmark(
     inp = workdir / f"input-{rows}"
     if not inp.exists():
         assert generate.main(["--rows", str(rows), "--output", str(inp), "--quiet"]) == 0
-    outs = {k: workdir / f"out-{k}" for k in ("io", "ours", "original", "job-ours", "job-orig")}
+    outs = {
+        k: workdir / f"out-{k}"
+        for k in ("io", "ours", "original", "job-ours", "job-orig", "job-io")
+    }
     for p in outs.values():
         shutil.rmtree(p, ignore_errors=True)
     model_file = workdir / "model.json"
@@ -205,11 +223,13 @@ def run_benchmark(
             "--workers",
             str(workers),
         ]
+        io_cmd = io_ceiling_command(inp, outs["job-io"], workers, model_file)
         # Alternated, each one's median kept: single runs on a shared 2-core machine vary by
         # a second or more.
-        runs = {"gpu_vgm": [], "original": []}
+        runs = {"gpu_vgm": [], "original": [], "io_ceiling": []}
         breakdown = []
         for _ in range(job_repeat):
+            runs["io_ceiling"].append(_whole_job(io_cmd))
             runs["gpu_vgm"].append(_whole_job(ours_cmd))
             job_manifest = json.loads((outs["job-ours"] / "_manifest.json").read_text())
             timings = job_manifest["timings"]
@@ -230,6 +250,10 @@ def run_benchmark(
         result["whole_job_runs"] = runs
         result["whole_job_breakdown_gpu_vgm"] = breakdown
         result["ratios"]["whole job: original / gpu_vgm"] = median["original"] / median["gpu_vgm"]
+        # as rows/s: the whole job's rate over the whole-job I/O ceiling's
+        result["ratios"]["whole job: gpu_vgm / io_ceiling"] = (
+            median["io_ceiling"] / median["gpu_vgm"]
+        )
         result["peak_rss_mb_per_worker_whole_job"] = job_manifest["peak_rss_mb_per_worker"]
     for p in outs.values():
         shutil.rmtree(p, ignore_errors=True)
@@ -249,7 +273,10 @@ def main(argv=None):
     )
     parser.add_argument("--gpus", type=int, default=0, help="also time the GPU backend on N GPUs")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--io-ceiling", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.io_ceiling:
+        return io_ceiling_job(*args.io_ceiling)
     result = run_benchmark(
         args.rows,
         args.workers,
@@ -269,7 +296,8 @@ def main(argv=None):
         w = result["whole_job_seconds"]
         print(
             f"  whole job (median of {args.job_repeat}): gpu_vgm {w['gpu_vgm']:.1f} s, "
-            f"original {w['original']:.1f} s"
+            f"original {w['original']:.1f} s, I/O ceiling (read and write alone) "
+            f"{w['io_ceiling']:.1f} s"
         )
         for b in result["whole_job_breakdown_gpu_vgm"]:
             print("    gpu_vgm: " + ", ".join(f"{k} {v:.1f} s" for k, v in b.items()))

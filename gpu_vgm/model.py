@@ -41,7 +41,7 @@ def sklearn_fit_settings():
 
     - one BLAS and OpenMP thread: its sums round differently with the thread count, so the
       model would depend on the machine's cores;
-    - its convergence warnings (k-means' init, the mixture's) off: ``fit_warnings`` says
+    - its convergence warnings off: ``fit_warnings`` says
       what matters.
 
     The warnings filter and the BLAS thread count are process-wide: overlapping fits (columns
