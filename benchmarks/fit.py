@@ -171,7 +171,7 @@ def units_check(rows, seed=0):
 
 def wide_job(rows, columns, workers, workdir, repeat=1):
     """The whole job on a table of ``columns`` float columns against its I/O ceiling."""
-    from pipeline import IOOnly, io_ceiling_command
+    from io_only import IOOnly, command
 
     from gpu_vgm.cluster import dask_client
     from gpu_vgm.encode_job import encode_job
@@ -208,7 +208,7 @@ def wide_job(rows, columns, workers, workdir, repeat=1):
         manifest = json.loads((out / "_manifest.json").read_text())
         shutil.rmtree(out)
         t0 = time.perf_counter()
-        subprocess.run(io_ceiling_command(inp, out, workers, model), check=True, cwd=ROOT)
+        subprocess.run(command(inp, out, workers, model), check=True, cwd=ROOT)
         runs["ceiling"].append(time.perf_counter() - t0)
     whole, ceiling = float(np.median(runs["whole"])), float(np.median(runs["ceiling"]))
     with dask_client("cpu", workers=workers) as client:  # the read and write alone, warm

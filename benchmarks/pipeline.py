@@ -7,7 +7,8 @@
 (b) the original Scale-VGM approach: dask.dataframe map_partitions with scikit-learn predict;
 (c) gpu_vgm's CPU backend.
 Then the whole job as a user times it (start, sample, fit, encode, write): ``python -m
-gpu_vgm.run`` against benchmarks/original_scalevgm.py, each as a fresh process.
+gpu_vgm.run`` against benchmarks/original_scalevgm.py and against the whole job's I/O ceiling
+(benchmarks/io_only.py: start, plan, read, write), each as a fresh process.
 """
 
 import argparse
@@ -26,51 +27,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import io_only  # noqa: E402
 import original_scalevgm  # noqa: E402
+from io_only import IOOnly  # noqa: E402
 
 from gpu_vgm import generate  # noqa: E402
-from gpu_vgm.backends import ArrowCPU  # noqa: E402
 from gpu_vgm.cluster import dask_client  # noqa: E402
 from gpu_vgm.compare import compare  # noqa: E402
 from gpu_vgm.encode_job import encode_job  # noqa: E402
 from gpu_vgm.fitting import fit_models  # noqa: E402
 from gpu_vgm.modelfile import save_models  # noqa: E402
 from gpu_vgm.plan import EncodeOptions, plan_encode  # noqa: E402
-
-
-class IOOnlyKernels:
-    """Same output schema, no encoding: the I/O ceiling. x / 3 stands in for the normalized
-    column: doubles with full mantissas, as incompressible as real normalized values, so the
-    writer does the same work for them (the input values themselves would compress, and
-    slower); all-zero components are the cheapest possible component column."""
-
-    @staticmethod
-    def encode(x, params, mode, key, row_offset, out_dtype=np.float64):
-        z = (np.asarray(x, np.float64) * (1.0 / 3.0)).astype(out_dtype, copy=False)
-        return z, np.zeros(z.size, np.int16), 0, 0
-
-
-class IOOnly(ArrowCPU):
-    """gpu_vgm's own partition pipeline (read, attach, write) with IOOnlyKernels."""
-
-    @property
-    def kernels(self):
-        return IOOnlyKernels
-
-
-def io_ceiling_command(inp, out, workers, model):
-    """The I/O ceiling of a whole job, timed as a user times ``run``: a fresh process that
-    starts the same cluster, plans, reads every part and writes the same output schema
-    (IOOnly), without sample, fit or encoding. ``model``: a model file of the input's columns
-    (it gives the output schema)."""
-    return [sys.executable, __file__, "--io-ceiling", str(inp), str(out), str(workers), str(model)]
-
-
-def io_ceiling_job(inp, out, workers, model):
-    plan = plan_encode(EncodeOptions(input=str(inp), output=str(out), model_in=str(model)))
-    with dask_client("cpu", workers=int(workers)) as client:
-        encode_job(client, plan, backend=IOOnly())
-    shutil.rmtree(out)
 
 
 def machine():
@@ -111,6 +78,7 @@ def run_benchmark(
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
     cloudpickle.register_pickle_by_value(original_scalevgm)
+    cloudpickle.register_pickle_by_value(io_only)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="gpu_vgm-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     inp = workdir / f"input-{rows}"
@@ -223,7 +191,7 @@ def run_benchmark(
             "--workers",
             str(workers),
         ]
-        io_cmd = io_ceiling_command(inp, outs["job-io"], workers, model_file)
+        io_cmd = io_only.command(inp, outs["job-io"], workers, model_file)
         # Alternated, each one's median kept: single runs on a shared 2-core machine vary by
         # a second or more.
         runs = {"gpu_vgm": [], "original": [], "io_ceiling": []}
@@ -273,10 +241,7 @@ def main(argv=None):
     )
     parser.add_argument("--gpus", type=int, default=0, help="also time the GPU backend on N GPUs")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--io-ceiling", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.io_ceiling:
-        return io_ceiling_job(*args.io_ceiling)
     result = run_benchmark(
         args.rows,
         args.workers,
