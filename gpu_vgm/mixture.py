@@ -76,23 +76,6 @@ POOR_GAIN = -0.02
 POOR_REMAINING = 0.02
 
 
-def import_sklearn_in_background():
-    """Import scikit-learn in a thread: about a second (scipy.stats and pandas, mostly) that
-    then overlaps ``run``'s sample read and cluster start instead of delaying the first fit,
-    which waits on the import lock if it comes first. Not a daemon: an early exit waits for it
-    rather than stopping an import half-way."""
-    import threading
-
-    threading.Thread(target=_import_sklearn, name="gpu_vgm-import-sklearn").start()
-
-
-def _import_sklearn():
-    try:
-        import sklearn.mixture  # noqa: F401
-    except ImportError:  # the fit's own import says what is missing
-        pass
-
-
 def new_bgmm(model, n_components, max_iter=None, rows=None):
     """The original Scale-VGM's estimator: dirichlet_process prior, the model's settings;
     k-means++ seeds (INIT) and, for a fit on ``rows`` rows, TOL_PER_ROW."""

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 
-from gpu_vgm import cli, heap, mixture
+from gpu_vgm import cli, heap
 from gpu_vgm.backends import choose_backend
 from gpu_vgm.params import MAX_COMPONENTS, MAX_SEED
 
@@ -198,8 +198,6 @@ def _run(args):
         backend = choose_backend(args.backend)
     plan.for_backend(backend)
     fitting = not (opts.model_in or opts.resume)
-    if fitting:
-        mixture.import_sklearn_in_background()
     # Fits run here, on this machine's cores: they start at once, while the cluster starts and
     # its workers load the encode kernel; a joined cluster's workers fit columns too.
     fit_threads = _fit_threads(backend, args.workers, plan, bool(args.scheduler_address))
