@@ -261,7 +261,7 @@ def main(argv=None):
         w = result["whole_job_seconds"]
         print(
             f"  whole job (median of {args.job_repeat}): gpu_vgm {w['gpu_vgm']:.1f} s, "
-            f"original {w['original']:.1f} s, I/O ceiling (read and write alone) "
+            f"original {w['original']:.1f} s, I/O ceiling (start, plan, read, write) "
             f"{w['io_ceiling']:.1f} s"
         )
         for b in result["whole_job_breakdown_gpu_vgm"]:
