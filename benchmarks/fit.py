@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +171,7 @@ def units_check(rows, seed=0):
 def wide_job(rows, columns, workers, workdir, repeat=1):
     """The whole job on a table of ``columns`` float columns against its I/O ceiling."""
     from io_only import IOOnly, command
+    from pipeline import _whole_job
 
     from gpu_vgm.cluster import dask_client
     from gpu_vgm.encode_job import encode_job
@@ -202,14 +202,10 @@ def wide_job(rows, columns, workers, workdir, repeat=1):
     # cluster, reads every part and writes the same output schema, without fit or encoding.
     runs = {"whole": [], "ceiling": []}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        runs["whole"].append(time.perf_counter() - t0)
+        runs["whole"].append(_whole_job(cmd))
         manifest = json.loads((out / "_manifest.json").read_text())
         shutil.rmtree(out)
-        t0 = time.perf_counter()
-        subprocess.run(command(inp, out, workers, model), check=True, cwd=ROOT)
-        runs["ceiling"].append(time.perf_counter() - t0)
+        runs["ceiling"].append(_whole_job(command(inp, out, workers, model)))
     whole, ceiling = float(np.median(runs["whole"])), float(np.median(runs["ceiling"]))
     with dask_client("cpu", workers=workers) as client:  # the read and write alone, warm
         t0 = time.perf_counter()

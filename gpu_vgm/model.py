@@ -41,8 +41,7 @@ def sklearn_fit_settings():
 
     - one BLAS and OpenMP thread: its sums round differently with the thread count, so the
       model would depend on the machine's cores;
-    - its convergence warnings off: ``fit_warnings`` says
-      what matters.
+    - its convergence warnings off: ``fit_warnings`` says what matters.
 
     The warnings filter and the BLAS thread count are process-wide: overlapping fits (columns
     fitted in threads) share one setting, made by the first and undone by the last, which may

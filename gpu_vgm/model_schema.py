@@ -239,7 +239,14 @@ def _check_logits_match(sk, comps, n_mixture, source):
     require(ok, source, "component constants do not match the scikit-learn parameters")
 
 
-_FIGURES = {"iterations": int, "converged": bool, "gain_vs_gaussian": float, "still_rising": float}
+_FIGURES = {
+    "iterations": int,
+    "converged": bool,
+    "gain_vs_gaussian": float,
+    "still_rising": float,
+    "poor": bool,
+}
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "a boolean"}
 
 
 def _check_fit_figures(figures, source):
@@ -247,9 +254,8 @@ def _check_fit_figures(figures, source):
     if figures is None:
         return
     require(isinstance(figures, dict), source, "fitted.fit must be an object or null")
-    _keys(figures, {*_FIGURES, "poor"}, source, "fitted.fit")
+    _keys(figures, set(_FIGURES), source, "fitted.fit")
     for key, kind in _FIGURES.items():
         value = figures[key]
         ok = isinstance(value, bool) if kind is bool else _is_number(value)
-        require(ok, source, f"fitted.fit.{key} must be a {kind.__name__}")
-    require(isinstance(figures["poor"], bool), source, "fitted.fit.poor must be a boolean")
+        require(ok, source, f"fitted.fit.{key} must be {_KIND_WORDS[kind]}")

@@ -2,6 +2,7 @@
 float64 cannot hold, crafted model files and manifests, failed runs that must leave nothing."""
 
 import json
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -535,6 +536,25 @@ def test_a_model_file_with_a_special_value_twice_is_refused(tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="special_values must be distinct"):
+        ScaleVGM.load(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"poor": "no"}, "fitted.fit.poor must be a boolean"),
+        ({"still_rising": "0.1"}, "fitted.fit.still_rising must be a number"),
+        ({"iterations": None}, "fitted.fit.iterations must be an integer"),
+        ({"extra": 1}, "fitted.fit must have exactly the keys"),
+    ],
+)
+def test_a_model_file_with_bad_fit_figures_is_refused(tmp_path, change, message):
+    data = _fitted_dict()
+    assert isinstance(data["fitted"]["fit"], dict)  # a mixture was fitted: its figures are kept
+    data["fitted"]["fit"].update(change)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=re.escape(message)):
         ScaleVGM.load(path)
 
 
