@@ -51,20 +51,21 @@ def sklearn_state(bgmm):
     return state
 
 
-# The fit: the first phase sees SUBSAMPLE rows for half the iterations, then the estimator
-# continues (warm_start) on every sample row for a tenth of them. On nine distributions (cents,
-# spikes, Pareto, outliers, integers, 1e-7 scale, prices) that took 0.27 of the time of 100
-# iterations on 100k rows, at -0.02 nats/row of held-out log-likelihood on average: the
-# estimator creeps at 1e-5 nats/row per iteration, and the last iterations on all rows recover
-# the tails (benchmarks/fit.py).
-SUBSAMPLE = 30_000
-# Initial components at k-means++ seeds (spread out, so far outliers get one) rather than
-# after k-means' iterations, and a tolerance per row: scikit-learn's ``tol`` bounds the change
-# of a lower bound summed over every row, so its default (1e-3) never stopped a fit. On 8
-# distributions x 3 samples: 0.28 instead of 0.32 of the old fit's time (k-means spent up to
-# 0.6 s on heavy tails), held-out log-likelihood -0.018 instead of -0.020 nats/row on average,
-# and -0.045 at worst instead of -0.124 (a cents sample where k-means' start was poor).
-INIT = "k-means++"
+# The fit's schedule: EM on nested subsamples of the sample, then on every row. Each phase
+# runs this share of max_iter on its rows, continuing (warm_start) from the last one; the
+# first starts from k-means on its rows (scikit-learn's default start).
+PHASES = ((10_000, 0.5), (30_000, 0.1))
+LAST_SHARE = 0.03  # on every sample row
+# A phase on a fraction r of the rows sees every prior pseudo-count scaled by r (and the prior
+# mean and covariance of every row): it then solves a scaled-down copy of the whole sample's
+# problem. Without that, priors as strong as on all rows kept the components of a subsample
+# fit wide (Pareto: -0.12 nats/row against the old fit); with it, on 8 distributions x 3
+# samples x 4 seeds, 0.09-0.13 of the old fit's time at -0.006 nats/row at worst
+# (benchmarks/fit.py; the last rule, k-means++ starts on 30k rows, took 0.27 and lost up to
+# 0.24 on zero spikes).
+INIT = "kmeans"
+# A tolerance per row: scikit-learn's ``tol`` bounds the change of a lower bound summed over
+# every row, so its default (1e-3) never stopped a fit.
 TOL_PER_ROW = 1e-5  # nats per row and iteration
 # Standardized values are rounded to this grid (of the scale): x, 1e8 x and 1e-8 x then give
 # bit-identical inputs, so the fit does not depend on the column's units.
@@ -78,7 +79,7 @@ POOR_REMAINING = 0.02
 
 def new_bgmm(model, n_components, max_iter=None, rows=None):
     """The original Scale-VGM's estimator: dirichlet_process prior, the model's settings;
-    k-means++ seeds (INIT) and, for a fit on ``rows`` rows, TOL_PER_ROW."""
+    k-means start (INIT) and, for a fit on ``rows`` rows, TOL_PER_ROW."""
     from sklearn.mixture import BayesianGaussianMixture  # imported late: it takes seconds
 
     return BayesianGaussianMixture(
@@ -101,24 +102,63 @@ def fit_bgmm(model, values):
     times wider than its data. Its means and covariances are mapped back afterwards; every
     component's log-probability then shifts by the same -log(scale), so ``predict`` and
     ``predict_proba`` on raw values equal the standardized estimator's.
+
+    EM runs on nested subsamples first (PHASES), then on every row with scikit-learn's
+    default priors: the estimator returned is a plain fit on every row, started where the
+    subsamples left it.
     """
     center, scale = robust_center_scale(values)
     z = (np.rint((values - center) / scale / GRID) * GRID).reshape(-1, 1)
     n = z.shape[0]
-    k = min(model.n_components, n)
-    if n > SUBSAMPLE:
-        bgmm = new_bgmm(model, k, max(1, model.max_iter // 2), SUBSAMPLE)
-        rows = np.random.default_rng(model.random_state).choice(n, SUBSAMPLE, replace=False)
-        bgmm.fit(z[np.sort(rows)])
-        bgmm.warm_start, bgmm.max_iter = True, max(1, model.max_iter // 10)
-        bgmm.tol = TOL_PER_ROW * n
-        bgmm.fit(z)  # continues from the subsample's parameters, priors from every row
-        bgmm.warm_start = False
-    else:
-        bgmm = new_bgmm(model, k, model.max_iter, n)
+    phases = [(rows, share) for rows, share in PHASES if rows < n]
+    if not phases:  # a small sample: every iteration on every row
+        bgmm = new_bgmm(model, min(model.n_components, n), model.max_iter, n)
         bgmm.fit(z)
+    else:
+        bgmm = new_bgmm(model, model.n_components)
+        order = np.random.default_rng(model.random_state).permutation(n)
+        for rows, share in phases:
+            bgmm.set_params(
+                max_iter=_iterations(model, share),
+                tol=TOL_PER_ROW * rows,
+                **_scaled_priors(model, z, rows / n),
+            )
+            bgmm.fit(z[np.sort(order[:rows])])
+            bgmm.warm_start = True  # the next phase continues from here
+        # phases that would see every row fold into this one
+        last = max([LAST_SHARE] + [share for rows, share in PHASES if rows >= n])
+        bgmm.set_params(
+            max_iter=_iterations(model, last), tol=TOL_PER_ROW * n, **_scaled_priors(model)
+        )
+        bgmm.fit(z)
+        bgmm.warm_start = False
     figures = fit_figures(bgmm, z)
     return _map_back(bgmm, center, scale), figures
+
+
+def _iterations(model, share):
+    return max(1, round(model.max_iter * share))
+
+
+def _scaled_priors(model, z=None, share=1.0):
+    """scikit-learn's default priors for all of ``z`` (one feature), every pseudo-count times
+    ``share``; without ``z``, the defaults themselves (computed from the rows fitted)."""
+    covariance = np.atleast_2d(np.cov(z.T)) if z is not None and z.shape[0] > 1 else None
+    if covariance is None or not covariance[0, 0] > 0:  # scikit-learn refuses a zero one
+        return {
+            "weight_concentration_prior": model.weight_concentration_prior,
+            "mean_precision_prior": None,
+            "mean_prior": None,
+            "degrees_of_freedom_prior": None,
+            "covariance_prior": None,
+        }
+    return {
+        "weight_concentration_prior": model.weight_concentration_prior * share,
+        "mean_precision_prior": share,  # default 1
+        "mean_prior": z.mean(axis=0),
+        "degrees_of_freedom_prior": share,  # default: the number of features, 1
+        "covariance_prior": share * covariance,
+    }
 
 
 def robust_center_scale(values):

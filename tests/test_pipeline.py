@@ -137,7 +137,7 @@ def _task_prefixes(dask_scheduler):
 def test_fits_in_the_client_or_in_dask_tasks_give_one_model_and_output(small_input, tmp_path):
     """run fits in its own threads when the cluster is its own, in Dask tasks on a joined one.
     The model must not depend on where it was fitted, nor on the caller's BLAS threads (a
-    30k-row sample fits differently on 1 and 2 threads). A fit in the client leaves the proof
+    30k-row sample fitted differently on 1 and 2 threads). A fit in the client leaves the proof
     of its coverage to a worker (hold_checked)."""
     from threadpoolctl import threadpool_limits
 
