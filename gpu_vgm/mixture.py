@@ -121,15 +121,13 @@ def fit_bgmm(model, values):
             bgmm.set_params(
                 max_iter=_iterations(model, share),
                 tol=TOL_PER_ROW * rows,
-                **_scaled_priors(model, z, rows / n),
+                **_priors(model, z, rows / n),
             )
             bgmm.fit(z[np.sort(order[:rows])])
             bgmm.warm_start = True  # the next phase continues from here
         # phases that would see every row fold into this one
         last = max([LAST_SHARE] + [share for rows, share in PHASES if rows >= n])
-        bgmm.set_params(
-            max_iter=_iterations(model, last), tol=TOL_PER_ROW * n, **_scaled_priors(model)
-        )
+        bgmm.set_params(max_iter=_iterations(model, last), tol=TOL_PER_ROW * n, **_priors(model))
         bgmm.fit(z)
         bgmm.warm_start = False
     figures = fit_figures(bgmm, z)
@@ -140,7 +138,7 @@ def _iterations(model, share):
     return max(1, round(model.max_iter * share))
 
 
-def _scaled_priors(model, z=None, share=1.0):
+def _priors(model, z=None, share=1.0):
     """scikit-learn's default priors for all of ``z`` (one feature), every pseudo-count times
     ``share``; without ``z``, the defaults themselves (computed from the rows fitted)."""
     covariance = np.atleast_2d(np.cov(z.T)) if z is not None and z.shape[0] > 1 else None

@@ -521,13 +521,6 @@ def test_the_encoding_does_not_depend_on_the_columns_units(make):
         assert np.abs(z - base[0]).max() <= 1e-9
 
 
-def _heldout_loglik(weights, means, stds, x):
-    d = (x.reshape(-1, 1) - means) / stds
-    lp = np.log(weights) - np.log(stds) - 0.5 * np.log(2 * np.pi) - 0.5 * d * d
-    top = lp.max(axis=1, keepdims=True)
-    return float(np.mean(top[:, 0] + np.log(np.exp(lp - top).sum(axis=1))))
-
-
 def test_the_phased_fit_explains_a_heavy_tail_as_well_as_a_plain_fit():
     """EM on subsamples first must not cost quality: on a Pareto tail, held-out
     log-likelihood within 0.05 nats/row of 100 iterations on every row (subsample phases with
@@ -535,6 +528,7 @@ def test_the_phased_fit_explains_a_heavy_tail_as_well_as_a_plain_fit():
     row with scikit-learn's own priors."""
     from sklearn.mixture import BayesianGaussianMixture
 
+    from gpu_vgm.mixture import _mixture_loglik
     from gpu_vgm.model import sklearn_fit_settings
 
     g = np.random.default_rng(1)
@@ -550,10 +544,7 @@ def test_the_phased_fit_explains_a_heavy_tail_as_well_as_a_plain_fit():
     )
     with sklearn_fit_settings():
         plain.fit(sample.reshape(-1, 1))
-    ours = _heldout_loglik(model.weights_, model.means_, model.stds_, held)
-    theirs = _heldout_loglik(
-        plain.weights_, plain.means_.ravel(), np.sqrt(plain.covariances_.ravel()), held
-    )
+    ours, theirs = _mixture_loglik(model.bgmm, held), _mixture_loglik(plain, held)
     assert ours >= theirs - 0.05
     params = model.bgmm.get_params()
     assert all(params[p] is None for p in ("mean_prior", "covariance_prior"))
