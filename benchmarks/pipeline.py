@@ -222,6 +222,11 @@ def run_benchmark(
         result["ratios"]["whole job: gpu_vgm / io_ceiling"] = (
             median["io_ceiling"] / median["gpu_vgm"]
         )
+        # and over (a), the read and write alone on a warm cluster: the job's start-up, sample
+        # and fit against nothing
+        result["ratios"]["whole job: gpu_vgm / (a) warm"] = (
+            rows / median["gpu_vgm"] / result["rows_per_s"]["io_ceiling"]
+        )
         result["peak_rss_mb_per_worker_whole_job"] = job_manifest["peak_rss_mb_per_worker"]
     for p in outs.values():
         shutil.rmtree(p, ignore_errors=True)

@@ -246,7 +246,7 @@ _FIGURES = {
     "still_rising": float,
     "poor": bool,
 }
-_KIND_WORDS = {int: "an integer", float: "a number", bool: "a boolean"}
+_KIND_WORDS = {int: "a non-negative integer", float: "a number", bool: "a boolean"}
 
 
 def _check_fit_figures(figures, source):
@@ -257,5 +257,10 @@ def _check_fit_figures(figures, source):
     _keys(figures, set(_FIGURES), source, "fitted.fit")
     for key, kind in _FIGURES.items():
         value = figures[key]
-        ok = isinstance(value, bool) if kind is bool else _is_number(value)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:  # a count: 12.5 or -3 iterations is not a fit this code wrote
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = _is_number(value)
         require(ok, source, f"fitted.fit.{key} must be {_KIND_WORDS[kind]}")

@@ -45,10 +45,6 @@ def derived_fields(columns, dtype):
     return fields
 
 
-def output_schema(input_schema, columns, dtype):
-    return pa.schema(list(input_schema) + derived_fields(columns, dtype))
-
-
 def check_no_clash(input_schema, columns, source):
     names = set(input_schema.names)
     for f in derived_fields(columns, "float64"):

@@ -544,7 +544,10 @@ def test_a_model_file_with_a_special_value_twice_is_refused(tmp_path):
     [
         ({"poor": "no"}, "fitted.fit.poor must be a boolean"),
         ({"still_rising": "0.1"}, "fitted.fit.still_rising must be a number"),
-        ({"iterations": None}, "fitted.fit.iterations must be an integer"),
+        ({"iterations": None}, "fitted.fit.iterations must be a non-negative integer"),
+        ({"iterations": 12.5}, "fitted.fit.iterations must be a non-negative integer"),
+        ({"iterations": -3}, "fitted.fit.iterations must be a non-negative integer"),
+        ({"iterations": True}, "fitted.fit.iterations must be a non-negative integer"),
         ({"extra": 1}, "fitted.fit must have exactly the keys"),
     ],
 )
