@@ -5,7 +5,7 @@
 Per distribution, one 100k-row uniform sample for the fit and 200k other finite rows held out:
 - "default": the rule gpu_vgm used until now, scikit-learn's BayesianGaussianMixture with
   CTGAN's priors on the raw 100k sample, 100 iterations, one BLAS thread;
-- "gpu_vgm": ``ScaleVGM.fit`` as it is now (standardized sample, EM on 10k- and 30k-row
+- "gpu_vgm": ``ScaleVGM.fit`` as it is now (standardized sample, EM on 5k- and 20k-row
   subsamples with priors scaled to them, then on every row; gpu_vgm.mixture).
 Fit seconds (median of --repeat, alternated) and held-out log-likelihood per row of the fitted
 mixture read as a plain Gaussian mixture (weights_, means_, stds_ in the column's units), and

@@ -54,15 +54,17 @@ def sklearn_state(bgmm):
 # The fit's schedule: EM on nested subsamples of the sample, then on every row. Each phase
 # runs this share of max_iter on its rows, continuing (warm_start) from the last one; the
 # first starts from k-means on its rows (scikit-learn's default start).
-PHASES = ((10_000, 0.5), (30_000, 0.1))
+PHASES = ((5_000, 0.5), (20_000, 0.1))
 LAST_SHARE = 0.03  # on every sample row
+SMALL_SAMPLE = 10_000  # and fewer rows: every iteration on every row (at most 1M row-iterations)
 # A phase on a fraction r of the rows sees every prior pseudo-count scaled by r (and the prior
 # mean and covariance of every row): it then solves a scaled-down copy of the whole sample's
 # problem. Without that, priors as strong as on all rows kept the components of a subsample
 # fit wide (Pareto: -0.12 nats/row against the old fit); with it, on 8 distributions x 3
-# samples x 4 seeds, 0.09-0.13 of the old fit's time at -0.006 nats/row at worst
-# (benchmarks/fit.py; the last rule, k-means++ starts on 30k rows, took 0.27 and lost up to
-# 0.24 on zero spikes).
+# samples x 3 seeds, 0.10 of the old fit's time at -0.007 nats/row at worst (benchmarks/fit.py;
+# one Poisson sample aside, where the old fit happened on a component at 30 and every rule
+# loses 0.25). 10k and 30k rows gave the same quality at 0.13 of the time (a 20-column job
+# 1.6-2 s slower); k-means++ starts on 30k rows took 0.27 and lost up to 0.24 on zero spikes.
 INIT = "kmeans"
 # A tolerance per row: scikit-learn's ``tol`` bounds the change of a lower bound summed over
 # every row, so its default (1e-3) never stopped a fit.
@@ -110,7 +112,7 @@ def fit_bgmm(model, values):
     center, scale = robust_center_scale(values)
     z = (np.rint((values - center) / scale / GRID) * GRID).reshape(-1, 1)
     n = z.shape[0]
-    phases = [(rows, share) for rows, share in PHASES if rows < n]
+    phases = [(rows, share) for rows, share in PHASES if rows < n] if n > SMALL_SAMPLE else []
     if not phases:  # a small sample: every iteration on every row
         bgmm = new_bgmm(model, min(model.n_components, n), model.max_iter, n)
         bgmm.fit(z)
