@@ -222,8 +222,8 @@ def run_benchmark(
         result["ratios"]["whole job: gpu_vgm / io_ceiling"] = (
             median["io_ceiling"] / median["gpu_vgm"]
         )
-        # and over (a), the read and write alone on a warm cluster: the job's start-up, sample
-        # and fit against nothing
+        # and over (a), the read and write alone on a warm cluster, which has no start-up,
+        # sample or fit to pay for
         result["ratios"]["whole job: gpu_vgm / (a) warm"] = (
             rows / median["gpu_vgm"] / result["rows_per_s"]["io_ceiling"]
         )

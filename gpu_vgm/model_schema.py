@@ -19,10 +19,8 @@ MODES = ("argmax", "sample")
 DTYPES = ("float64", "float32")
 
 PARAMETER_CONSTRAINTS = {
-    "n_components": lambda v: (
-        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_COMPONENTS
-    ),
-    "random_state": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED,
+    "n_components": lambda v: _is_int(v) and 1 <= v <= MAX_COMPONENTS,
+    "random_state": lambda v: _is_int(v) and 0 <= v <= MAX_SEED,
     "eps": lambda v: isinstance(v, int | float) and 0 <= v < 1,
     "mode": lambda v: v in MODES,
     "column": lambda v: isinstance(v, str),
@@ -64,6 +62,11 @@ def require(cond, source, message):
         _fail(source, message)
 
 
+def _is_int(v):
+    """An integer, and not a boolean (JSON's true would pass for 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_number(v):
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -95,7 +98,7 @@ def check_header(data, source, expected_format, supported_version):
     require(fmt == expected_format, source, f"format is {fmt!r}, expected {expected_format!r}")
     version = data.get("version")
     require(
-        isinstance(version, int) and not isinstance(version, bool),
+        _is_int(version),
         source,
         "version must be an integer",
     )
@@ -180,7 +183,7 @@ def validate_scalevgm(data, source):
     require(isinstance(fitted.get("converged"), bool), source, "converged must be a boolean")
     size = fitted.get("sample_size")
     require(
-        isinstance(size, int) and not isinstance(size, bool) and size >= 0,
+        _is_int(size) and size >= 0,
         source,
         "sample_size must be a non-negative integer",
     )
@@ -260,7 +263,7 @@ def _check_fit_figures(figures, source):
         if kind is bool:
             ok = isinstance(value, bool)
         elif kind is int:  # a count: 12.5 or -3 iterations is not a fit this code wrote
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = _is_int(value) and value >= 0
         else:
             ok = _is_number(value)
         require(ok, source, f"fitted.fit.{key} must be {_KIND_WORDS[kind]}")
