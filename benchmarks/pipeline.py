@@ -7,8 +7,9 @@
 (b) the original Scale-VGM approach: dask.dataframe map_partitions with scikit-learn predict;
 (c) gpu_vgm's CPU backend.
 Then the whole job as a user times it (start, sample, fit, encode, write): ``python -m
-gpu_vgm.run`` against benchmarks/original_scalevgm.py and against the whole job's I/O ceiling
-(benchmarks/io_only.py: start, plan, read, write), each as a fresh process.
+gpu_vgm.run`` against benchmarks/original_scalevgm.py and against two I/O ceilings, each as a
+fresh process: the whole job's (benchmarks/io_only.py: start a cluster, plan, read, write) and
+plain pyarrow's (benchmarks/pyarrow_only.py: read and write file after file, issue 14's).
 """
 
 import argparse
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import io_only  # noqa: E402
 import original_scalevgm  # noqa: E402
+import pyarrow_only  # noqa: E402
 from io_only import IOOnly  # noqa: E402
 
 from gpu_vgm import generate  # noqa: E402
@@ -86,7 +88,7 @@ def run_benchmark(
         assert generate.main(["--rows", str(rows), "--output", str(inp), "--quiet"]) == 0
     outs = {
         k: workdir / f"out-{k}"
-        for k in ("io", "ours", "original", "job-ours", "job-orig", "job-io")
+        for k in ("io", "ours", "original", "job-ours", "job-orig", "job-io", "job-pyarrow")
     }
     for p in outs.values():
         shutil.rmtree(p, ignore_errors=True)
@@ -192,9 +194,10 @@ def run_benchmark(
             str(workers),
         ]
         io_cmd = io_only.command(inp, outs["job-io"], workers, model_file)
+        pyarrow_cmd = pyarrow_only.command(inp, outs["job-pyarrow"])
         # Alternated, each one's median kept: single runs on a shared 2-core machine vary by
         # a second or more.
-        runs = {"gpu_vgm": [], "original": [], "io_ceiling": []}
+        runs = {"gpu_vgm": [], "original": [], "io_ceiling": [], "pyarrow": []}
         breakdown = []
         for _ in range(job_repeat):
             runs["io_ceiling"].append(_whole_job(io_cmd))
@@ -213,6 +216,7 @@ def run_benchmark(
             shutil.rmtree(outs["job-ours"])
             runs["original"].append(_whole_job(orig_cmd))
             shutil.rmtree(outs["job-orig"])
+            runs["pyarrow"].append(_whole_job(pyarrow_cmd))
         median = {k: float(np.median(v)) for k, v in runs.items()}
         result["whole_job_seconds"] = median
         result["whole_job_runs"] = runs
@@ -221,6 +225,10 @@ def run_benchmark(
         # as rows/s: the whole job's rate over the whole-job I/O ceiling's
         result["ratios"]["whole job: gpu_vgm / io_ceiling"] = (
             median["io_ceiling"] / median["gpu_vgm"]
+        )
+        # over plain pyarrow's read and write, file after file in one process (issue 14's)
+        result["ratios"]["whole job: gpu_vgm / pyarrow read and write"] = (
+            median["pyarrow"] / median["gpu_vgm"]
         )
         # and over (a), the read and write alone on a warm cluster, which has no start-up,
         # sample or fit to pay for
@@ -261,13 +269,13 @@ def main(argv=None):
     for name, rate in result["rows_per_s"].items():
         print(f"  {name:14s} {rate / 1e6:8.2f} M rows/s")
     for name, ratio in result["ratios"].items():
-        print(f"  {name:34s} {ratio:6.2f} x")
+        print(f"  {name:44s} {ratio:6.2f} x")
     if "whole_job_seconds" in result:
         w = result["whole_job_seconds"]
         print(
             f"  whole job (median of {args.job_repeat}): gpu_vgm {w['gpu_vgm']:.1f} s, "
             f"original {w['original']:.1f} s, I/O ceiling (start, plan, read, write) "
-            f"{w['io_ceiling']:.1f} s"
+            f"{w['io_ceiling']:.1f} s, pyarrow read and write {w['pyarrow']:.1f} s"
         )
         for b in result["whole_job_breakdown_gpu_vgm"]:
             print("    gpu_vgm: " + ", ".join(f"{k} {v:.1f} s" for k, v in b.items()))

@@ -1,7 +1,8 @@
 """``VGMEncoder``: gpu_vgm on Dask DataFrames (pandas- or cudf-backed) and pandas DataFrames.
 
 Fit small, apply lazily (dask-ml's ParallelPostFit): ``fit`` computes each column's rows,
-finite range and a uniform sample in one pass and fits the mixtures as ``run`` does;
+finite range and a uniform sample (keyed by the rows' positions, so the same whatever the
+partitioning) and fits the mixtures as ``run`` does;
 ``transform`` and ``inverse_transform`` map the partition pipeline's ``encode_frame`` over the
 partitions, each partition's global row offset a task of the graph, so that sample-mode draws
 are keyed by the row's position in the whole DataFrame, as in ``run``.
@@ -12,7 +13,7 @@ import pyarrow as pa
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-from gpu_vgm import backends, errors, fitting, partition, schema
+from gpu_vgm import backends, errors, fitting, partition, rng, schema
 from gpu_vgm.errors import InputError, shorten
 from gpu_vgm.model import ScaleVGM
 from gpu_vgm.modelfile import load_models, save_models
@@ -245,20 +246,31 @@ def _derived_names(columns):
     return [n for c in columns for n in (schema.normalized_name(c), schema.component_name(c))]
 
 
-# ------------------------------------------------------------- one pass: rows, ranges, sample
+# ------------------------------------------------------------- rows, ranges, sample
 def _sample_and_ranges(X, columns, sample_size, seed):
-    """{"rows", "ranges": {c: (lo, hi) or None}, "values": {c: sample}}: every row gets a
-    random key and the ``sample_size`` smallest keys over the whole DataFrame are kept (a
-    uniform sample without replacement), merged in a tree of tasks; one pass over ``X``."""
+    """{"rows", "ranges": {c: (lo, hi) or None}, "values": {c: sample}}: every row gets a key
+    from the seed and its position in the whole DataFrame (``rng.row_keys``, distinct for
+    distinct rows) and the rows with the ``sample_size`` smallest keys are kept, in the order of
+    their keys: a uniform sample without replacement, the same rows in the same order however
+    ``X`` is partitioned (a pandas DataFrame too), so the fitted models are too. Summaries are
+    merged in a tree of tasks. A Dask DataFrame is read twice: the partitions' lengths, which
+    give each partition's first row, then the sample and ranges."""
+    key = rng.sample_key(seed)
     if not _is_dask(X):
-        return _summarize(X[columns], columns, sample_size, seed, 0)
+        return _summarize(X[columns], columns, sample_size, key, 0)
     import dask
     from dask import delayed
 
+    # The lengths of the very partitions summarized below: dask-expr may split a projection
+    # of X (X[[one column]]) into partitions of other lengths than X[columns].
+    partitions = X[columns].to_delayed()
+    lengths = dask.compute(*[delayed(len)(p) for p in partitions])
+    starts = np.cumsum([0, *lengths], dtype=np.int64)[:-1]
     summarize = delayed(_summarize, pure=True)
     merge = delayed(_merge, pure=True)
     level = [
-        summarize(p, columns, sample_size, seed, i) for i, p in enumerate(X[columns].to_delayed())
+        summarize(p, columns, sample_size, key, int(start))
+        for p, start in zip(partitions, starts, strict=True)
     ]
     while len(level) > 1:
         level = [
@@ -269,11 +281,13 @@ def _sample_and_ranges(X, columns, sample_size, seed):
     return stats
 
 
-def _summarize(frame, columns, sample_size, seed, index):
+def _summarize(frame, columns, sample_size, key, start):
+    """One partition's rows, ranges and its rows of smallest key (``start``: its first row's
+    position in the whole DataFrame)."""
     backend = _backend_for(frame)
     n = backend.num_rows(frame)
-    keys = np.random.default_rng([seed, 0x5A3F, index]).random(n)
-    keep = np.argsort(keys, kind="stable")[:sample_size] if n > sample_size else np.arange(n)
+    keys = rng.row_keys(key, start, n)
+    keep = _smallest(keys, sample_size)
     ranges, values = {}, {}
     for c in columns:
         x, _ = backend.column(frame, c, f"column {c!r}")
@@ -297,9 +311,17 @@ def _sample_dtype(dtype):
     )
 
 
+def _smallest(keys, count):
+    """Positions of the ``count`` smallest of distinct ``keys``, in the order of the keys."""
+    if keys.size > count:
+        kept = np.argpartition(keys, count - 1)[:count]
+        return kept[np.argsort(keys[kept])]
+    return np.argsort(keys)
+
+
 def _merge(summaries, sample_size):
     keys = np.concatenate([s["keys"] for s in summaries])
-    keep = np.argsort(keys, kind="stable")[:sample_size]
+    keep = _smallest(keys, sample_size)
     ranges = {}
     for c in summaries[0]["ranges"]:
         found = [s["ranges"][c] for s in summaries if s["ranges"][c] is not None]

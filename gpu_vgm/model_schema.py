@@ -24,11 +24,11 @@ PARAMETER_CONSTRAINTS = {
     "eps": lambda v: isinstance(v, int | float) and 0 <= v < 1,
     "mode": lambda v: v in MODES,
     "column": lambda v: isinstance(v, str),
-    "max_iter": lambda v: isinstance(v, int) and v >= 1,
+    "max_iter": lambda v: _is_int(v) and v >= 1,
     "weight_concentration_prior": lambda v: isinstance(v, int | float) and v > 0,
     "special_values": lambda v: all(isinstance(s, int | float) and math.isfinite(s) for s in v),
     "learn_rounding": lambda v: isinstance(v, bool),
-    "max_rounding_digits": lambda v: isinstance(v, int) and 0 <= v <= 15,
+    "max_rounding_digits": lambda v: _is_int(v) and 0 <= v <= 15,
     "dtype": lambda v: v in DTYPES,
 }
 
@@ -167,14 +167,14 @@ def validate_scalevgm(data, source):
         f"components.origin must be {n} of mixture/reactivated/synthetic",
     )
     n_mixture = fitted.get("n_mixture")
-    require(isinstance(n_mixture, int) and 0 <= n_mixture <= n, source, "n_mixture out of range")
+    require(_is_int(n_mixture) and 0 <= n_mixture <= n, source, "n_mixture out of range")
     special = _numbers(fitted, "special_values", source)
     # a value given twice would be counted twice by the kernels (-0.0 equals 0.0)
     require(np.unique(special).size == len(special), source, "special_values must be distinct")
     require(n + len(special) <= 32767, source, "too many component ids for int16")
     digits = fitted.get("rounding_digits")
     require(
-        digits is None or (isinstance(digits, int) and 0 <= digits <= 15),
+        digits is None or (_is_int(digits) and 0 <= digits <= 15),
         source,
         "rounding_digits must be null or 0..15",
     )
@@ -202,7 +202,11 @@ def validate_scalevgm(data, source):
 def _validate_sklearn(sk, n_mixture, source):
     require(isinstance(sk, dict), source, "fitted.sklearn must be an object or null")
     _keys(sk, {*mixture.SKLEARN_ARRAYS, *_SKLEARN_OTHER_KEYS}, source, "fitted.sklearn")
-    require(sk.get("n_components") == n_mixture, source, "sklearn.n_components != n_mixture")
+    require(
+        _is_int(sk.get("n_components")) and sk["n_components"] == n_mixture,
+        source,
+        "sklearn.n_components != n_mixture",
+    )
     for key in ("weights_", "means_"):
         _numbers(sk, key, source, n_mixture)
     for key in ("covariances_", "precisions_cholesky_", "mean_precision_", "degrees_of_freedom_"):
@@ -218,7 +222,7 @@ def _validate_sklearn(sk, n_mixture, source):
             positive=True,
         )
     require(isinstance(sk.get("converged_"), bool), source, "sklearn.converged_ must be a boolean")
-    require(isinstance(sk.get("n_iter_"), int), source, "sklearn.n_iter_ must be an integer")
+    require(_is_int(sk.get("n_iter_")), source, "sklearn.n_iter_ must be an integer")
     require(_is_number(sk.get("lower_bound_")), source, "sklearn.lower_bound_ must be a number")
 
 

@@ -6,6 +6,8 @@ bits. The host computes the per-column key once; kernels compute ``splitmix64(ke
 
 import hashlib
 
+import numpy as np
+
 MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
@@ -31,3 +33,21 @@ def column_key(seed: int, name: str) -> int:
 def uniform(key: int, row: int) -> float:
     """The uniform in [0, 1) for one global row (reference implementation for tests)."""
     return (splitmix64(key ^ row) >> 11) * 2.0**-53
+
+
+def sample_key(seed: int) -> int:
+    """The key of ``VGMEncoder``'s fit sample (no column's: every column shares the rows)."""
+    return splitmix64((seed * GOLDEN_GAMMA + column_hash("\0fit sample")) & MASK64)
+
+
+def row_keys(key: int, start: int, count: int):
+    """``splitmix64(key ^ row)`` for the global rows ``start .. start + count - 1``, as uint64.
+
+    A bijection of the row for a given key, so distinct rows never tie: the rows with the
+    smallest keys are a uniform sample that depends on the seed and the rows' positions, not on
+    how the rows are split into partitions."""
+    z = np.arange(start, start + count, dtype=np.uint64) ^ np.uint64(key)
+    z += np.uint64(GOLDEN_GAMMA)  # arrays of uint64 wrap mod 2**64, as the kernels do
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))

@@ -233,10 +233,34 @@ def _mutations():
     def sklearn_dropped(d):  # would skip the check of the constants against scikit-learn
         d["fitted"]["sklearn"] = None
 
+    # JSON's true and false pass Python's isinstance(v, int) and equal 1 and 0
     def boolean_sample_size(d):
         d["fitted"]["sample_size"] = True
 
-    return [tiny_std, huge_mean, negative_weight, unknown_key, sklearn_dropped, boolean_sample_size]
+    def boolean_max_iter(d):
+        d["params"]["max_iter"] = True
+
+    def boolean_max_rounding_digits(d):
+        d["params"]["max_rounding_digits"] = False
+
+    def boolean_rounding_digits(d):
+        d["fitted"]["rounding_digits"] = True
+
+    def boolean_n_iter(d):
+        d["fitted"]["sklearn"]["n_iter_"] = True
+
+    return [
+        tiny_std,
+        huge_mean,
+        negative_weight,
+        unknown_key,
+        sklearn_dropped,
+        boolean_sample_size,
+        boolean_max_iter,
+        boolean_max_rounding_digits,
+        boolean_rounding_digits,
+        boolean_n_iter,
+    ]
 
 
 @pytest.mark.parametrize("mutate", _mutations(), ids=lambda f: f.__name__)
@@ -247,6 +271,17 @@ def test_crafted_model_values_are_refused(tmp_path, mutate):
     path = tmp_path / "m.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ModelFileError, match="invalid model file"):
+        load_models(path)
+
+
+def test_a_boolean_mixture_size_is_refused(tmp_path):
+    x = np.random.default_rng(2).normal(100, 5, 2000)
+    data = ScaleVGM(column="Amount", n_components=1, max_iter=20).fit(x).to_dict()
+    assert data["fitted"]["n_mixture"] == data["fitted"]["sklearn"]["n_components"] == 1
+    data["fitted"]["n_mixture"] = data["fitted"]["sklearn"]["n_components"] = True  # == 1
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match="n_mixture out of range"):
         load_models(path)
 
 

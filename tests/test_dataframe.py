@@ -68,6 +68,24 @@ def test_repartitioning_changes_no_value(files):
         pd.testing.assert_frame_equal(again.reset_index(drop=True), whole.reset_index(drop=True))
 
 
+@pytest.mark.parametrize("sample_size", [5_000, 100_000])  # fewer rows, then more than ROWS * 3
+def test_the_fit_does_not_depend_on_the_partitioning(files, sample_size):
+    ddf = _read(files)
+    enc = VGMEncoder(columns=["Amount", "n"], sample_size=sample_size)
+    expected = {c: m.to_dict() for c, m in enc.fit(ddf).models_.items()}
+    reseeded = clone(enc).set_params(random_state=7).fit(ddf).models_["n"].to_dict()
+    assert reseeded != expected["n"]  # the models compared below do depend on the sample
+    frame = ddf.compute().reset_index(drop=True)
+    for other in (
+        frame,  # a pandas DataFrame: no Dask, one piece
+        ddf.repartition(npartitions=1),
+        ddf.repartition(npartitions=7),  # boundaries unlike the files'
+        dd.from_pandas(frame, npartitions=4),
+    ):
+        got = {c: m.to_dict() for c, m in clone(enc).fit(other).models_.items()}
+        assert got == expected
+
+
 def test_inverse_transform_restores_the_input_exactly(files):
     ddf = _read(files)
     enc = VGMEncoder(columns=["Amount", "n"], learn_rounding=True, sample_size=5_000).fit(ddf)

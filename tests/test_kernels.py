@@ -124,6 +124,17 @@ def test_splitmix64_uniforms_are_uniform_and_match_the_kernel_draws():
     assert rng.splitmix64(0) == 0xE220A8397B1DCDAF  # published first output of SplitMix64(0)
 
 
+def test_row_keys_are_splitmix64_of_each_row_and_distinct():
+    key = rng.sample_key(42)
+    assert key != rng.column_key(42, "Amount") and key != rng.sample_key(43)
+    start = 2**40 - 3  # rows past 2**32, keys that wrap mod 2**64
+    keys = rng.row_keys(key, start, 5_000)
+    assert keys.dtype == np.uint64
+    assert [int(k) for k in keys[:50]] == [rng.splitmix64(key ^ (start + i)) for i in range(50)]
+    assert np.unique(keys).size == keys.size
+    assert np.array_equal(rng.row_keys(key, start + 10, 20), keys[10:30])  # any split, same keys
+
+
 def zero_params(special, digits=-1):
     """One component (m = 0.5, 4s = 1, covering 0.5 +- 0.99) and the given special values."""
     one, half = np.ones(1), np.full(1, 0.5)
