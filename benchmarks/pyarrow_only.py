@@ -7,9 +7,10 @@ columns of every float column (x / 3 as ``<col>_normalized``, zeros as ``<col>_c
 the same schema ``run`` writes) and writes it to OUTPUT with the writer settings of
 ``gpu_vgm.readers.write_part``, file after file, then deletes OUTPUT. This is "pyarrow read and
 write of the same schema with the two new columns per float column", what a user without
-gpu_vgm would write; the figures in issue 14 (15.1 s for 20 columns x 10M rows) were measured
-this way. It imports neither gpu_vgm (whose import loads scikit-learn's model code) nor Dask,
-so nothing but the read and the write is timed.
+gpu_vgm would write, and the ceiling issue 14 defines (its 15.1 s for 20 columns x 10M rows
+is what this script takes there: 14.5-15.4 s on the same kind of machine). It imports neither
+gpu_vgm (whose import loads scikit-learn's model code) nor Dask, so nothing but the read and the
+write is timed.
 """
 
 import os
