@@ -12,8 +12,9 @@ MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 
 
-def splitmix64(x: int) -> int:
-    """The finalizer of Steele et al.'s SplitMix64 on a Python int (mod 2**64)."""
+def splitmix64(x):
+    """The finalizer of Steele et al.'s SplitMix64 (mod 2**64), on a Python int or elementwise
+    on a uint64 array."""
     z = (x + GOLDEN_GAMMA) & MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
@@ -46,8 +47,4 @@ def row_keys(key: int, start: int, count: int):
     A bijection of the row for a given key, so distinct rows never tie: the rows with the
     smallest keys are a uniform sample that depends on the seed and the rows' positions, not on
     how the rows are split into partitions."""
-    z = np.arange(start, start + count, dtype=np.uint64) ^ np.uint64(key)
-    z += np.uint64(GOLDEN_GAMMA)  # arrays of uint64 wrap mod 2**64, as the kernels do
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    return splitmix64(np.arange(start, start + count, dtype=np.uint64) ^ np.uint64(key))
