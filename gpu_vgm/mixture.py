@@ -119,11 +119,12 @@ def fit_bgmm(model, values):
     else:
         bgmm = new_bgmm(model, model.n_components)
         order = np.random.default_rng(model.random_state).permutation(n)
+        moments = _moments(z)  # of every row, for each phase's priors
         for rows, share in phases:
             bgmm.set_params(
                 max_iter=_iterations(model, share),
                 tol=TOL_PER_ROW * rows,
-                **_priors(model, z, rows / n),
+                **_priors(model, moments, rows / n),
             )
             bgmm.fit(z[np.sort(order[:rows])])
             bgmm.warm_start = True  # the next phase continues from here
@@ -140,11 +141,20 @@ def _iterations(model, share):
     return max(1, round(model.max_iter * share))
 
 
-def _priors(model, z=None, share=1.0):
-    """scikit-learn's default priors for all of ``z`` (one feature), every pseudo-count times
-    ``share``; without ``z``, the defaults themselves (computed from the rows fitted)."""
-    covariance = np.atleast_2d(np.cov(z.T)) if z is not None and z.shape[0] > 1 else None
-    if covariance is None or not covariance[0, 0] > 0:  # scikit-learn refuses a zero one
+def _moments(z):
+    """(mean, covariance) of ``z`` (one feature), scikit-learn's default prior mean and
+    covariance; None for a zero covariance, which scikit-learn refuses as a prior."""
+    if z.shape[0] < 2:
+        return None
+    covariance = np.atleast_2d(np.cov(z.T))
+    return (z.mean(axis=0), covariance) if covariance[0, 0] > 0 else None
+
+
+def _priors(model, moments=None, share=1.0):
+    """scikit-learn's default priors for a sample of ``moments`` (``_moments``), every
+    pseudo-count times ``share``; without them, the defaults themselves (computed from the rows
+    fitted)."""
+    if moments is None:
         return {
             "weight_concentration_prior": model.weight_concentration_prior,
             "mean_precision_prior": None,
@@ -152,10 +162,11 @@ def _priors(model, z=None, share=1.0):
             "degrees_of_freedom_prior": None,
             "covariance_prior": None,
         }
+    mean, covariance = moments
     return {
         "weight_concentration_prior": model.weight_concentration_prior * share,
         "mean_precision_prior": share,  # default 1
-        "mean_prior": z.mean(axis=0),
+        "mean_prior": mean,
         "degrees_of_freedom_prior": share,  # default: the number of features, 1
         "covariance_prior": share * covariance,
     }
